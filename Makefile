@@ -1,0 +1,39 @@
+# Every target creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install format lint mypy test demo chaos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix --quiet delayq tests benchmarks examples
+	$(BIN)/ruff format delayq tests benchmarks examples
+
+lint: $(STAMP)
+	$(BIN)/ruff check delayq tests benchmarks examples
+	$(BIN)/ruff format --check delayq tests benchmarks examples
+	$(BIN)/mypy delayq
+
+mypy: $(STAMP)
+	$(BIN)/mypy delayq
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -1,0 +1,45 @@
+"""delayq: timers and delayed tasks on Redis/Valkey that fire on time, exactly once."""
+
+from delayq._app import Delayq
+from delayq._codec import Payload
+from delayq._defaults import configure, default_app, delayed, set_default_app, task
+from delayq._errors import (
+    ConfigurationError,
+    DelayqError,
+    InvalidTimerId,
+    PayloadError,
+    ScheduleError,
+    UnknownTask,
+)
+from delayq._server import EmbeddedServer
+from delayq._store import DeadLetter, ScheduleRequest
+from delayq._task import RetryPolicy, Task
+from delayq._timer import Timer
+from delayq.worker import Worker, WorkerSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "DeadLetter",
+    "Delayq",
+    "DelayqError",
+    "EmbeddedServer",
+    "InvalidTimerId",
+    "Payload",
+    "PayloadError",
+    "RetryPolicy",
+    "ScheduleError",
+    "ScheduleRequest",
+    "Task",
+    "Timer",
+    "UnknownTask",
+    "Worker",
+    "WorkerSettings",
+    "__version__",
+    "configure",
+    "default_app",
+    "delayed",
+    "set_default_app",
+    "task",
+]

@@ -1,0 +1,281 @@
+"""The Delayq application: settings, task registry and the producer API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ParamSpec, TypeVar, overload
+
+import redis
+
+from delayq._errors import ConfigurationError
+from delayq._keys import Keys, check_timer_id
+from delayq._store import Armed, DeadLetter, ScheduleRequest, TimerStore
+from delayq._task import RetryPolicy, Task, TaskOptions, default_task_name
+from delayq._timer import Timer
+from delayq._when import Delay, delay_seconds
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MAX_PAYLOAD = 512 * 1024
+
+
+class TaskRegistry:
+    """Name -> Task. A name may be registered once; the same function again is a no-op."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task[Any, Any]] = {}
+
+    def add(self, task: Task[Any, Any]) -> None:
+        existing = self._tasks.get(task.name)
+        if existing is not None and existing.fn is not task.fn:
+            raise ConfigurationError(f"two different functions are registered as {task.name!r}")
+        self._tasks[task.name] = task
+
+    def get(self, name: str) -> Task[Any, Any] | None:
+        return self._tasks.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def __iter__(self) -> Iterator[Task[Any, Any]]:
+        return iter(list(self._tasks.values()))
+
+
+def build_options(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    retries: int,
+    retry_backoff: Delay,
+    retry_backoff_max: Delay,
+    retry_for: tuple[type[BaseException], ...],
+    delay: Delay | None,
+) -> TaskOptions:
+    policy = RetryPolicy(
+        retries=retries,
+        backoff=delay_seconds(retry_backoff, name="retry_backoff"),
+        backoff_max=delay_seconds(retry_backoff_max, name="retry_backoff_max"),
+        retry_for=tuple(retry_for),
+    )
+    default_delay = 0.0 if delay is None else delay_seconds(delay)
+    return TaskOptions(name or default_task_name(fn), policy, default_delay)
+
+
+class Delayq:
+    """A delayq application. Constructing it does no I/O; the client connects on first use."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+        dead_letter_maxlen: int = 100_000,
+        redis_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.url = url or os.environ.get("DELAYQ_URL") or DEFAULT_URL
+        self.keys = Keys(namespace or os.environ.get("DELAYQ_NAMESPACE") or "default")
+        if isinstance(max_payload_bytes, bool) or max_payload_bytes <= 0:
+            raise ConfigurationError("max_payload_bytes must be a positive integer")
+        self.max_payload_bytes = max_payload_bytes
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.redis_options = dict(redis_options or {})
+        self.tasks = TaskRegistry()
+        self._store: TimerStore | None = None
+
+    def __repr__(self) -> str:
+        return f"<Delayq namespace={self.namespace!r} url={redact_url(self.url)!r}>"
+
+    @property
+    def namespace(self) -> str:
+        return self.keys.namespace
+
+    def override(self, *, url: str | None = None, namespace: str | None = None) -> None:
+        """Change where the app points (e.g. from CLI options) before it first connects."""
+        if self._store is not None:
+            raise ConfigurationError("cannot change url or namespace after the app connected")
+        if url:
+            self.url = url
+        if namespace:
+            self.keys = Keys(namespace)
+
+    # -- connection ---------------------------------------------------------------------------
+
+    @property
+    def store(self) -> TimerStore:
+        if self._store is None:
+            client = redis.Redis.from_url(self.url, **self.redis_options)
+            self._store = TimerStore(client, self.keys, max_payload_bytes=self.max_payload_bytes)
+        return self._store
+
+    def connect(self) -> None:
+        """Check the server answers (the first command would connect anyway)."""
+        self.store.client.ping()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.client.close()
+            self._store = None
+
+    # -- decorators ---------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 3,
+        retry_backoff: Delay = 1.0,
+        retry_backoff_max: Delay = 3600.0,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+        delay: Delay | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 3,
+        retry_backoff: Delay = 1.0,
+        retry_backoff_max: Delay = 3600.0,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+        delay: Delay | None = None,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task. ``delay=`` sets the default delay used by ``Task.delay``."""
+
+        def decorate(func: Callable[P, R]) -> Task[P, R]:
+            options = build_options(
+                func,
+                name=name,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
+                retry_for=retry_for,
+                delay=delay,
+            )
+            task = Task(func, options, lambda: self)
+            self.tasks.add(task)
+            return task
+
+        return decorate if fn is None else decorate(fn)
+
+    @overload
+    def delayed(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def delayed(
+        self,
+        fn: None = None,
+        /,
+        *,
+        seconds: Delay = 0.0,
+        name: str | None = None,
+        retries: int = 3,
+        retry_backoff: Delay = 1.0,
+        retry_backoff_max: Delay = 3600.0,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def delayed(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        seconds: Delay = 0.0,
+        name: str | None = None,
+        retries: int = 3,
+        retry_backoff: Delay = 1.0,
+        retry_backoff_max: Delay = 3600.0,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """A task whose ``.delay(...)`` fires ``seconds`` (int, float or timedelta) later."""
+        decorator = self.task(
+            name=name,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            retry_for=retry_for,
+            delay=seconds,
+        )
+        return decorator if fn is None else decorator(fn)
+
+    def register(self, task: Task[Any, Any]) -> None:
+        """Make a task declared elsewhere (e.g. with ``delayq.task``) known to this app."""
+        self.tasks.add(task)
+
+    # -- producer API -------------------------------------------------------------------------
+
+    def _timer(self, armed: Armed) -> Timer:
+        return Timer(
+            self, armed.timer_id, due_ms=armed.due_ms, raw_payload=armed.payload,
+            created=armed.created,
+        )  # fmt: skip
+
+    def arm(self, request: ScheduleRequest) -> Timer:
+        """Store one prepared timer (see ``Task.prepare``)."""
+        return self._timer(self.store.schedule(request))
+
+    def schedule_many(
+        self, requests: Iterable[ScheduleRequest], *, chunk: int = 1000
+    ) -> list[Timer]:
+        """Arm many timers, one round trip per ``chunk``; every request is validated first."""
+        reqs = list(requests)
+        return [self._timer(armed) for armed in self.store.schedule_many(reqs, chunk=chunk)]
+
+    def timer(self, timer_id: str) -> Timer | None:
+        """The pending (or running) timer with this id, or None."""
+        check_timer_id(timer_id)
+        due, raw, _now = self.store.lookup(timer_id)
+        if raw is None:
+            return None
+        return Timer(
+            self, timer_id, due_ms=-1 if due is None else due, raw_payload=raw, created=False
+        )
+
+    def cancel(self, timer_id: str) -> bool:
+        return self.store.cancel(check_timer_id(timer_id))
+
+    def reschedule(
+        self, timer_id: str, *, delay: Delay | None = None, at: dt.datetime | None = None
+    ) -> bool:
+        timer = self.timer(timer_id)
+        return timer is not None and timer.reschedule(delay=delay, at=at)
+
+    def pending_count(self) -> int:
+        return int(self.store.client.zcard(self.keys.index))
+
+    def stats(self) -> dict[str, int]:
+        return self.store.stats()
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        return self.store.dead_letters(count)
+
+    def retry_dead(self, letter: DeadLetter) -> bool:
+        """Arm a dead letter again, due now with its attempts reset. False if it is gone."""
+        return self.store.redrive(letter) == 1
+
+    def purge_dead(self, entry_ids: list[str] | None = None) -> int:
+        return self.store.purge_dead(entry_ids)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"

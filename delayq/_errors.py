@@ -1,0 +1,27 @@
+"""Exceptions raised by delayq. Every one derives from DelayqError."""
+
+from __future__ import annotations
+
+
+class DelayqError(Exception):
+    """Base class of every delayq error."""
+
+
+class ConfigurationError(DelayqError, ValueError):
+    """A setting is invalid, or the server is not configured as delayq needs."""
+
+
+class ScheduleError(DelayqError, ValueError):
+    """A timer could not be scheduled because of its arguments; nothing was stored."""
+
+
+class InvalidTimerId(ScheduleError):
+    """A timer id is empty, too long or not a string."""
+
+
+class PayloadError(ScheduleError):
+    """A payload cannot be serialized, is too large, or cannot be decoded."""
+
+
+class UnknownTask(DelayqError, LookupError):
+    """A job names a task that this worker does not know."""

@@ -1,0 +1,79 @@
+"""Every Redis key and channel name delayq uses is built here, and nowhere else.
+
+All keys of one namespace share the hash tag ``{namespace}``, so every script touches a single
+cluster slot: a timer's shadow key, data key, the due index and the ready stream live together.
+"""
+
+from __future__ import annotations
+
+import re
+
+from delayq._errors import ConfigurationError, InvalidTimerId
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Ids travel inside key names and stream fields; a bound keeps one bad id from bloating the server.
+MAX_ID_BYTES = 1024
+GROUP = "workers"
+
+
+def check_namespace(namespace: str) -> str:
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise ConfigurationError(
+            f"invalid namespace {namespace!r}: use 1-64 characters from A-Z a-z 0-9 _ . -"
+        )
+    return namespace
+
+
+def check_timer_id(timer_id: str) -> str:
+    if not isinstance(timer_id, str):
+        raise InvalidTimerId(f"timer id must be a str, not {type(timer_id).__name__}")
+    if not timer_id:
+        raise InvalidTimerId("timer id must not be empty")
+    if len(timer_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise InvalidTimerId(f"timer id is longer than {MAX_ID_BYTES} bytes")
+    try:
+        timer_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTimerId(f"timer id is not valid unicode: {exc}") from None
+    return timer_id
+
+
+class Keys:
+    """Names of one namespace's keys; pure string building, no I/O."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = check_namespace(namespace)
+        prefix = f"dq:{{{namespace}}}:"
+        self.prefix = prefix
+        self.index = prefix + "due"  # sorted set: timer id -> due time (ms, server clock)
+        self.ready = prefix + "ready"  # stream of fired jobs, read by the consumer group
+        self.inflight = prefix + "run"  # hash: timer id -> ready-stream entry id
+        self.dead = prefix + "dead"  # stream of dead letters
+        self.stats = prefix + "stats"  # hash of counters
+        self.wake_channel = prefix + "wake"  # pub/sub nudge: a new earliest deadline
+        self.shadow_prefix = prefix + "s:"
+        self.data_prefix = prefix + "d:"
+
+    def shadow(self, timer_id: str) -> str:
+        return self.shadow_prefix + timer_id
+
+    def data(self, timer_id: str) -> str:
+        return self.data_prefix + timer_id
+
+    def data_pattern(self) -> str:
+        # SCAN MATCH treats [ ] * ? \ specially; the namespace charset excludes them.
+        return self.data_prefix + "*"
+
+    def id_from_shadow(self, key: str) -> str | None:
+        if key.startswith(self.shadow_prefix):
+            return key[len(self.shadow_prefix) :]
+        return None
+
+    def id_from_data(self, key: str) -> str | None:
+        if key.startswith(self.data_prefix):
+            return key[len(self.data_prefix) :]
+        return None
+
+    @staticmethod
+    def expired_channel(db: int) -> str:
+        return f"__keyevent@{db}__:expired"

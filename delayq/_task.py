@@ -1,0 +1,164 @@
+"""Tasks: a function plus how to schedule it, retry it and find it again in a worker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from delayq._codec import encode_payload
+from delayq._errors import ConfigurationError
+from delayq._keys import check_timer_id
+from delayq._store import ScheduleRequest
+from delayq._timer import Timer
+from delayq._when import Delay, delay_seconds, resolve_when
+
+if TYPE_CHECKING:
+    from delayq._app import Delayq
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def new_timer_id() -> str:
+    # 96 random bits, URL-safe; short ids keep per-timer memory low.
+    return secrets.token_urlsafe(12)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed job is tried again: exponential backoff with jitter, then dead letter."""
+
+    retries: int = 3
+    backoff: float = 1.0
+    backoff_max: float = 3600.0
+    jitter: float = 0.5
+    retry_for: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigurationError(f"retries must be an integer >= 0, got {self.retries!r}")
+        delay_seconds(self.backoff, name="retry_backoff")
+        delay_seconds(self.backoff_max, name="retry_backoff_max")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigurationError(f"retry jitter must be between 0 and 1, got {self.jitter}")
+        for exc_type in self.retry_for:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise ConfigurationError(f"retry_for must hold exception types, got {exc_type!r}")
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        return attempt < self.retries and isinstance(exc, self.retry_for)
+
+    def delay_for(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt + 1``: backoff * 2**attempt, capped, jittered."""
+        base = min(self.backoff_max, self.backoff * (2**attempt))
+        return float(base * (1 - self.jitter * random.random()))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    name: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    default_delay: float = 0.0
+
+
+class Task(Generic[P, R]):
+    """A registered function. Calling it runs it now; ``schedule``/``delay`` run it later."""
+
+    def __init__(
+        self, fn: Callable[P, R], options: TaskOptions, app_ref: Callable[[], Delayq]
+    ) -> None:
+        self.fn = fn
+        self.options = options
+        self._app_ref = app_ref
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def app(self) -> Delayq:
+        return self._app_ref()
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def prepare(
+        self,
+        *args: Any,
+        delay: Delay | None = None,
+        at: dt.datetime | None = None,
+        id: str | None = None,
+        **kwargs: Any,
+    ) -> ScheduleRequest:
+        """Validate and serialize a call without storing it (for ``Delayq.schedule_many``)."""
+        return self.request(args, kwargs, delay=delay, at=at, timer_id=id)
+
+    def request(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        delay: Delay | None = None,
+        at: dt.datetime | None = None,
+        timer_id: str | None = None,
+        replace: bool = False,
+    ) -> ScheduleRequest:
+        """Like ``prepare``, with the call's arguments passed as a tuple and a dict."""
+        when = resolve_when(delay, at, self.options.default_delay)
+        timer_id = new_timer_id() if timer_id is None else check_timer_id(timer_id)
+        payload = encode_payload(
+            self.name,
+            args,
+            kwargs,
+            attempt=0,
+            created_ms=int(time.time() * 1000),
+            max_bytes=self.app.max_payload_bytes,
+        )
+        return ScheduleRequest(timer_id, payload, when, replace)
+
+    def schedule(
+        self,
+        *args: Any,
+        delay: Delay | None = None,
+        at: dt.datetime | None = None,
+        id: str | None = None,
+        **kwargs: Any,
+    ) -> Timer:
+        """Run later: after ``delay`` (seconds or timedelta) or at ``at`` (an aware datetime).
+
+        With ``id=``, scheduling is idempotent: while a timer with that id is pending or
+        running, the existing timer is returned (``created`` is False) and nothing changes.
+        """
+        req = self.request(args, kwargs, delay=delay, at=at, timer_id=id)
+        return self.app.arm(req)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Timer:
+        """Run after the task's default delay (0 for ``@task``: as soon as a worker can)."""
+        return self.app.arm(self.request(args, kwargs))
+
+    def call_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        result: Awaitable[Any] = self.fn(*args, **kwargs)  # type: ignore[assignment]
+        return result
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "__main__"
+    return f"{module}.{getattr(fn, '__qualname__', getattr(fn, '__name__', 'task'))}"

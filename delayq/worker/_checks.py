@@ -1,0 +1,90 @@
+"""Start-up checks of the server's configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from delayq._errors import ConfigurationError
+from delayq._keys import Keys
+from delayq.worker._engine import AsyncClient
+
+log = logging.getLogger("delayq.worker")
+
+NEEDED_FLAGS_HELP = (
+    "delayq needs keyspace notifications for expired keys: set notify-keyspace-events to a "
+    "value containing 'E' and 'x' (for example 'Ex') in the server configuration, or in your "
+    "provider's parameter group when CONFIG SET is not allowed"
+)
+
+
+def has_expired_events(flags: str) -> bool:
+    return "E" in flags and ("x" in flags or "A" in flags)
+
+
+async def ensure_notifications(client: AsyncClient, keys: Keys, *, configure: bool) -> None:
+    """Make sure expired keyevents are published; enable them if allowed, else fail clearly."""
+    try:
+        config: dict[Any, Any] = await client.config_get("notify-keyspace-events")
+    except ResponseError:
+        # CONFIG is disabled (managed services): find out by experiment instead.
+        if not await _probe_expired_event(client, keys):
+            raise ConfigurationError(NEEDED_FLAGS_HELP) from None
+        return
+    flags = _text(config.get(b"notify-keyspace-events", config.get("notify-keyspace-events", "")))
+    if has_expired_events(flags):
+        return
+    if not configure:
+        raise ConfigurationError(f"{NEEDED_FLAGS_HELP} (it is now {flags!r})")
+    wanted = "".join(sorted(set(flags) | {"E", "x"}))
+    try:
+        await client.config_set("notify-keyspace-events", wanted)
+    except ResponseError as exc:
+        raise ConfigurationError(
+            f"{NEEDED_FLAGS_HELP} (it is now {flags!r}; CONFIG SET failed: {exc})"
+        ) from None
+    log.info("enabled keyspace notifications: notify-keyspace-events=%s", wanted)
+
+
+async def warn_on_eviction(client: AsyncClient) -> None:
+    with contextlib.suppress(ResponseError):
+        config: dict[Any, Any] = await client.config_get("maxmemory-policy")
+        policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy", "")))
+        if policy and policy != "noeviction":
+            log.warning(
+                "maxmemory-policy is %r: under memory pressure the server may evict timers "
+                "(volatile-* policies evict the shadow keys first); use 'noeviction'",
+                policy,
+            )
+
+
+async def _probe_expired_event(client: AsyncClient, keys: Keys) -> bool:
+    probe = keys.prefix + "probe:" + secrets.token_hex(6)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(Keys.expired_channel(_db(client)))
+        await client.set(probe, "1", px=20)
+        await asyncio.sleep(0.05)
+        await client.exists(probe)  # an access expires the key lazily and publishes at once
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while asyncio.get_running_loop().time() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message and _text(message["data"]) == probe:
+                return True
+        return False
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _db(client: AsyncClient) -> int:
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return int(db or 0)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")

@@ -1,0 +1,194 @@
+"""The worker's side of the store: every Redis command a worker sends, asynchronously."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from delayq._keys import GROUP, Keys
+from delayq._scripts import AsyncScripts
+
+AsyncClient = aredis.Redis
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One fired job as read from the ready stream."""
+
+    entry_id: str
+    timer_id: str
+    raw: bytes
+    due_ms: int
+
+    @property
+    def fired_ms(self) -> int:
+        return int(self.entry_id.split("-", 1)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class FireResult:
+    now_ms: int
+    fired: int
+    next_due_ms: int | None
+    orphans: int
+
+
+def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
+    due = fields.get(b"d", b"0")
+    return Delivery(
+        entry_id=entry_id.decode(),
+        timer_id=fields.get(b"i", b"").decode("utf-8", "replace"),
+        raw=fields.get(b"p", b""),
+        due_ms=int(float(due)) if due else 0,
+    )
+
+
+class Engine:
+    def __init__(self, client: AsyncClient, keys: Keys, consumer: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.consumer = consumer
+        self.scripts = AsyncScripts(client)
+
+    async def server_time_ms(self) -> int:
+        sec, usec = await self.client.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def ensure_group(self) -> None:
+        try:
+            # From the stream's start, so jobs fired before any worker existed are delivered.
+            await self.client.xgroup_create(self.keys.ready, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- firing -------------------------------------------------------------------------------
+
+    async def due_ids(self, until_ms: float, limit: int) -> tuple[list[str], int | None]:
+        """Ids due by ``until_ms`` (oldest first) and the earliest deadline in the index."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrangebyscore(self.keys.index, "-inf", int(until_ms), start=0, num=limit)
+        pipe.zrange(self.keys.index, 0, 0, withscores=True)
+        ids, first = await pipe.execute()
+        return [i.decode() for i in ids], (int(first[0][1]) if first else None)
+
+    async def fire(self, ids: list[str]) -> FireResult:
+        k = self.keys
+        keys = [k.index, k.ready, k.inflight, k.stats]
+        for timer_id in ids:
+            keys += (k.shadow(timer_id), k.data(timer_id))
+        now, fired, next_due, orphans = await self.scripts["fire"](keys=keys, args=ids)
+        return FireResult(int(now), int(fired), None if next_due < 0 else int(next_due), orphans)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def read(self, count: int, block_ms: int) -> list[Delivery]:
+        reply: Any = await self.client.xreadgroup(
+            GROUP, self.consumer, {self.keys.ready: ">"}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        return [_delivery(eid, fields) for eid, fields in reply[0][1] if fields]
+
+    async def reclaim(self, min_idle_ms: int, count: int) -> list[Delivery]:
+        """Take over jobs whose worker stopped heart-beating (XAUTOCLAIM)."""
+        found: list[Delivery] = []
+        cursor = "0-0"
+        while len(found) < count:
+            reply = await self.client.xautoclaim(
+                self.keys.ready, GROUP, self.consumer, min_idle_ms, cursor, count=count - len(found)
+            )
+            cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            found += [_delivery(eid, fields) for eid, fields in reply[1] if fields]
+            if cursor == "0-0":
+                break
+        return found
+
+    async def heartbeat(self, entry_ids: list[str]) -> int:
+        """Reset the idle time of running jobs so nobody takes them over; returns how many."""
+        if not entry_ids:
+            return 0
+        claimed = await self.client.xclaim(
+            self.keys.ready, GROUP, self.consumer, 0, list[Any](entry_ids), justid=True
+        )
+        return len(claimed)
+
+    async def ack(self, deliveries: list[Delivery]) -> None:
+        k = self.keys
+        keys = [k.ready, k.inflight] + [k.data(d.timer_id) for d in deliveries]
+        args: list[Any] = [GROUP]
+        for d in deliveries:
+            args += (d.entry_id, d.timer_id)
+        await self.scripts["ack"](keys=keys, args=args)
+
+    async def retry(self, d: Delivery, payload: bytes, delay_s: float) -> int | None:
+        k = self.keys
+        keys = [k.shadow(d.timer_id), k.data(d.timer_id), k.index, k.ready, k.inflight, k.stats]
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, payload, max(1, round(delay_s * 1000)),
+                k.wake_channel]  # fmt: skip
+        (due,) = await self.scripts["retry"](keys=keys, args=args)
+        return None if int(due) < 0 else int(due)
+
+    async def bury(
+        self, d: Delivery, *, task: str, reason: str, traceback: str, maxlen: int
+    ) -> str | None:
+        k = self.keys
+        keys = [k.ready, k.inflight, k.data(d.timer_id), k.dead, k.stats]
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, task, reason, traceback, maxlen]
+        entry = await self.scripts["bury"](keys=keys, args=args)
+        return entry.decode() if entry else None
+
+    async def handback(self, d: Delivery) -> bool:
+        keys = [self.keys.ready, self.keys.inflight]
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms]
+        return bool(await self.scripts["handback"](keys=keys, args=args))
+
+    # -- sweeping -----------------------------------------------------------------------------
+
+    async def scan_data_ids(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        reply: Any = await self.client.scan(cursor, match=self.keys.data_pattern(), count=count)
+        cursor, names = reply
+        ids = [self.keys.id_from_data(n.decode("utf-8", "replace")) for n in names]
+        return int(cursor), [i for i in ids if i]
+
+    async def suspicious(self, ids: list[str]) -> list[str]:
+        """Of these data-key ids, those with neither an index entry nor a running job."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zmscore(self.keys.index, ids)
+        pipe.hmget(self.keys.inflight, ids)
+        scores, running = await pipe.execute()
+        return [i for i, s, r in zip(ids, scores, running, strict=True) if s is None and r is None]
+
+    async def inflight_ids(self) -> list[str]:
+        return [
+            k.decode() async for k in self.client.hscan_iter(self.keys.inflight, no_values=True)
+        ]
+
+    async def repair(self, ids: list[str]) -> list[str]:
+        """Run repair.lua for each id; returns what each needed ("data", "inflight", "ok")."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for timer_id in ids:
+            keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.inflight, k.ready, k.stats]
+            await self.scripts["repair"](keys=keys, args=[timer_id], client=pipe)
+        replies = await pipe.execute()
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+
+    async def stale_consumers(self, idle_ms: int) -> list[str]:
+        infos = await self.client.xinfo_consumers(self.keys.ready, GROUP)
+        return [
+            c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            for c in infos
+            if c["pending"] == 0 and c["idle"] > idle_ms and c["name"] != self.consumer.encode()
+        ]
+
+    async def drop_consumer(self, name: str) -> None:
+        await self.client.xgroup_delconsumer(self.keys.ready, GROUP, name)
+
+
+def local_ms() -> float:
+    return time.time() * 1000

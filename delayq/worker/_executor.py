@@ -1,0 +1,234 @@
+"""Running fired jobs: read from the stream, run, then acknowledge, retry or bury.
+
+Coroutine functions run on the worker's event loop; plain functions run in a thread pool of
+``concurrency`` threads, so a blocking handler never stalls the loop that fires timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from delayq._codec import Payload, decode_payload, reencode
+from delayq._errors import PayloadError
+from delayq._task import Task
+from delayq.worker._engine import Delivery, Engine, local_ms
+from delayq.worker._loops import wait_any
+from delayq.worker._settings import WorkerSettings
+
+log = logging.getLogger("delayq.worker")
+ACK_CHUNK = 500
+
+
+@dataclass
+class Counters:
+    executed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    reclaimed: int = 0
+    handed_back: int = 0
+    lateness_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Running:
+    delivery: Delivery
+    job: asyncio.Task[None]
+
+
+class Executor:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: WorkerSettings,
+        find_task: Callable[[str], Task[Any, Any] | None],
+        *,
+        max_payload_bytes: int,
+        dead_letter_maxlen: int,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.find_task = find_task
+        self.max_payload_bytes = max_payload_bytes
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.stopping = stopping
+        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="delayq-job")
+        self.running: dict[str, Running] = {}
+        self.slot_freed = asyncio.Event()
+        self.to_ack: list[Delivery] = []
+        self.ack_ready = asyncio.Event()
+        self.counters = Counters()
+        self.record_lateness = False
+
+    @property
+    def free_slots(self) -> int:
+        return self.settings.concurrency - len(self.running)
+
+    # -- intake -------------------------------------------------------------------------------
+
+    async def consume(self) -> None:
+        while not self.stopping.is_set():
+            if self.free_slots <= 0:
+                self.slot_freed.clear()
+                await wait_any([self.slot_freed, self.stopping], 1.0)
+                continue
+            deliveries = await self.engine.read(self.free_slots, block_ms=500)
+            self.admit(deliveries)
+
+    async def reclaim(self) -> None:
+        """Take over jobs of workers that stopped heart-beating."""
+        if self.free_slots <= 0 or self.stopping.is_set():
+            return
+        min_idle = int(self.settings.visibility_timeout * 1000)
+        deliveries = await self.engine.reclaim(min_idle, self.free_slots)
+        if deliveries:
+            self.counters.reclaimed += len(deliveries)
+            log.warning("took over %d job(s) from workers that stopped", len(deliveries))
+        self.admit(deliveries)
+
+    def admit(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            if d.entry_id in self.running:
+                continue
+            if self.stopping.is_set():
+                # Read just as the worker began stopping: give it straight back.
+                job = asyncio.create_task(self._hand_back(d))
+            else:
+                job = asyncio.create_task(self._run_one(d))
+            self.running[d.entry_id] = Running(d, job)
+            job.add_done_callback(functools.partial(self._finished, d.entry_id))
+
+    def _finished(self, entry_id: str, _job: asyncio.Task[None]) -> None:
+        self.running.pop(entry_id, None)
+        self.slot_freed.set()
+
+    # -- one job ------------------------------------------------------------------------------
+
+    async def _run_one(self, d: Delivery) -> None:
+        try:
+            await self.process(d)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The outcome could not be recorded (e.g. the server went away); the job stays
+            # pending and is delivered again after the visibility timeout.
+            log.error("job %s: could not record its outcome: %r", d.timer_id, exc)
+
+    async def process(self, d: Delivery) -> None:
+        if self.record_lateness:
+            self.counters.lateness_ms.append(local_ms() - d.due_ms)
+        try:
+            payload = decode_payload(d.raw)
+        except PayloadError as exc:
+            await self._bury(d, "", f"undecodable payload: {exc}", "")
+            return
+        task = self.find_task(payload.task)
+        if task is None:
+            await self._bury(d, payload.task, f"unknown task {payload.task!r}", "")
+            return
+        try:
+            await self._call(task, payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(d, task, payload, exc)
+            return
+        self.counters.executed += 1
+        self.to_ack.append(d)
+        self.ack_ready.set()
+
+    async def _call(self, task: Task[Any, Any], payload: Payload) -> None:
+        if task.is_async:
+            await task.call_async(payload.args, payload.kwargs)
+        else:
+            call = functools.partial(task.call_sync, payload.args, payload.kwargs)
+            await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    async def _failed(
+        self, d: Delivery, task: Task[Any, Any], payload: Payload, exc: Exception
+    ) -> None:
+        self.counters.failed += 1
+        policy = task.options.retry
+        if policy.should_retry(exc, payload.attempt):
+            delay = policy.delay_for(payload.attempt)
+            try:
+                again = reencode(payload, attempt=payload.attempt + 1,
+                                 max_bytes=self.max_payload_bytes)  # fmt: skip
+            except PayloadError as perr:
+                await self._bury(d, task.name, f"cannot re-encode for retry: {perr}", "")
+                return
+            log.info("job %s (%s) failed: %r; retry %d/%d in %.2fs", d.timer_id, task.name,
+                     exc, payload.attempt + 1, policy.retries, delay)  # fmt: skip
+            self.counters.retried += 1
+            await self.engine.retry(d, again, delay)
+            return
+        tb = "".join(traceback.format_exception(exc))
+        why = "not retried" if payload.attempt < policy.retries else "retries exhausted"
+        reason = f"{type(exc).__name__}: {exc} ({why} after {payload.attempt + 1} attempt(s))"
+        await self._bury(d, task.name, reason, tb)
+
+    async def _bury(self, d: Delivery, task: str, reason: str, tb: str) -> None:
+        log.error("job %s moved to dead letters: %s", d.timer_id, reason)
+        self.counters.dead += 1
+        await self.engine.bury(
+            d, task=task, reason=reason, traceback=tb, maxlen=self.dead_letter_maxlen
+        )
+
+    async def _hand_back(self, d: Delivery) -> None:
+        if await self.engine.handback(d):
+            self.counters.handed_back += 1
+
+    # -- upkeep -------------------------------------------------------------------------------
+
+    async def flush_acks(self) -> None:
+        while self.to_ack:
+            batch, self.to_ack = self.to_ack[:ACK_CHUNK], self.to_ack[ACK_CHUNK:]
+            try:
+                await self.engine.ack(batch)
+            except Exception:
+                self.to_ack[:0] = batch  # keep them; acknowledging twice is harmless
+                raise
+
+    async def run_acks(self) -> None:
+        while not self.stopping.is_set() or self.to_ack:
+            await wait_any([self.ack_ready, self.stopping], None)
+            self.ack_ready.clear()
+            await self.flush_acks()
+            if self.stopping.is_set() and not self.running:
+                return
+
+    async def heartbeat(self) -> None:
+        entries = [r.delivery.entry_id for r in self.running.values()]
+        kept = await self.engine.heartbeat(entries)
+        if kept < len(entries):
+            log.warning("%d running job(s) were no longer pending here", len(entries) - kept)
+
+    async def drain(self, timeout: float) -> None:
+        """On shutdown: let running jobs finish for ``timeout`` s, then hand the rest back."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.running:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            self.slot_freed.clear()
+            await wait_any([self.slot_freed], min(left, 0.5))
+        unfinished = list(self.running.values())
+        for item in unfinished:
+            log.warning("handing back unfinished job %s", item.delivery.timer_id)
+            item.job.cancel()
+            await self._hand_back(item.delivery)
+        self.running.clear()
+        await self.flush_acks()
+
+    def shutdown_pool(self) -> bool:
+        """Stop the thread pool; True if a handler thread is still running."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return any(t.is_alive() for t in getattr(self.pool, "_threads", ()))

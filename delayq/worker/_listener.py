@@ -1,0 +1,77 @@
+"""The keyspace-notification listener: expired shadow keys and wake nudges.
+
+It owns a pub/sub connection that does not reconnect by itself, so that every reconnect is
+seen here and followed by a sweep: whatever was published while it was away is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from delayq._keys import Keys
+from delayq.worker._engine import AsyncClient
+from delayq.worker._loops import wait_or_stop
+
+log = logging.getLogger("delayq.worker")
+
+
+class Listener:
+    def __init__(
+        self,
+        client: AsyncClient,
+        keys: Keys,
+        db: int,
+        *,
+        on_expired: Callable[[str], None],
+        on_wake: Callable[[], None],
+        on_connect: Callable[[], None],
+        stopping: asyncio.Event,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.expired_channel = Keys.expired_channel(db).encode()
+        self.wake_channel = keys.wake_channel.encode()
+        self.on_expired = on_expired
+        self.on_wake = on_wake
+        self.on_connect = on_connect
+        self.stopping = stopping
+        self.connects = 0
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self.stopping.is_set():
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.expired_channel, self.wake_channel)
+                self.connects += 1
+                if self.connects > 1:
+                    log.warning("notification listener reconnected; sweeping for lost events")
+                self.on_connect()
+                backoff = 0.05
+                await self._receive(pubsub)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("notification listener lost its connection: %s", exc)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if await wait_or_stop(self.stopping, backoff):
+                return
+            backoff = min(backoff * 2, 2.0)
+
+    async def _receive(self, pubsub: Any) -> None:
+        while not self.stopping.is_set():
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None or message["type"] != "message":
+                continue
+            if message["channel"] == self.wake_channel:
+                self.on_wake()
+                continue
+            key = message["data"]
+            timer_id = self.keys.id_from_shadow(key.decode("utf-8", "replace"))
+            if timer_id is not None:
+                self.on_expired(timer_id)

@@ -1,0 +1,86 @@
+"""The reconciliation sweeper: fires overdue timers and repairs keys that disagree.
+
+It runs when the worker starts, after every reconnect of the notification listener, and every
+``sweep_interval`` seconds; the full orphan scan runs at start and every
+``orphan_scan_interval`` seconds. What it repaired is logged and counted in the stats hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from delayq.worker._engine import Engine
+from delayq.worker._firing import Firing
+
+log = logging.getLogger("delayq.worker")
+SCAN_COUNT = 1000
+# Consumers of the ready stream with nothing pending and idle this long are forgotten.
+CONSUMER_IDLE_MS = 3600 * 1000
+
+
+@dataclass
+class SweepCounters:
+    sweeps: int = 0
+    fired_overdue: int = 0
+    repaired_data: int = 0
+    repaired_inflight: int = 0
+
+
+class Sweeper:
+    def __init__(self, engine: Engine, firing: Firing, *, orphan_scan_interval: float) -> None:
+        self.engine = engine
+        self.firing = firing
+        self.orphan_scan_interval = orphan_scan_interval
+        self.kick = asyncio.Event()
+        self.counters = SweepCounters()
+        self._last_scan = float("-inf")
+        self._scan_requested = True
+
+    def request(self, *, full: bool = False) -> None:
+        """Sweep as soon as possible (the listener reconnected, or the worker started)."""
+        self._scan_requested = self._scan_requested or full
+        self.kick.set()
+
+    async def sweep(self) -> None:
+        self.counters.sweeps += 1
+        fired, _next = await self.firing.fire_due()
+        if fired:
+            self.counters.fired_overdue += fired
+            log.info("sweep fired %d overdue timer(s)", fired)
+        due_scan = time.monotonic() - self._last_scan >= self.orphan_scan_interval
+        if self._scan_requested or due_scan:
+            self._scan_requested = False
+            self._last_scan = time.monotonic()
+            await self.scan_orphans()
+
+    async def scan_orphans(self) -> None:
+        repaired = {"data": 0, "inflight": 0}
+        cursor = 0
+        while True:
+            cursor, ids = await self.engine.scan_data_ids(cursor, SCAN_COUNT)
+            if ids:
+                suspects = await self.engine.suspicious(ids)
+                if suspects:
+                    for outcome in await self.engine.repair(suspects):
+                        repaired[outcome] = repaired.get(outcome, 0) + 1
+            if cursor == 0:
+                break
+        running = await self.engine.inflight_ids()
+        for start in range(0, len(running), SCAN_COUNT):
+            for outcome in await self.engine.repair(running[start : start + SCAN_COUNT]):
+                repaired[outcome] = repaired.get(outcome, 0) + 1
+        self.counters.repaired_data += repaired["data"]
+        self.counters.repaired_inflight += repaired["inflight"]
+        if repaired["data"] or repaired["inflight"]:
+            log.warning(
+                "sweep repaired %d data key(s) missing from the due index and %d job(s) "
+                "whose ready entry was lost",
+                repaired["data"],
+                repaired["inflight"],
+            )
+            self.firing.wake.set()
+        for name in await self.engine.stale_consumers(CONSUMER_IDLE_MS):
+            await self.engine.drop_consumer(name)

@@ -1,0 +1,197 @@
+"""The worker process: fires timers on time and runs their jobs.
+
+Background work runs as named loops (see ``_loops``): deadlines, hints (notifications),
+listener, consumer, reclaimer, heartbeat, acknowledgements and sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from delayq._app import Delayq, redact_url
+from delayq._defaults import find_task
+from delayq._task import Task
+from delayq.worker._checks import _db, ensure_notifications, warn_on_eviction
+from delayq.worker._engine import AsyncClient, Engine
+from delayq.worker._executor import Counters, Executor
+from delayq.worker._firing import Firing
+from delayq.worker._listener import Listener
+from delayq.worker._loops import every, guarded
+from delayq.worker._settings import WorkerSettings
+from delayq.worker._sweeper import SweepCounters, Sweeper
+
+log = logging.getLogger("delayq.worker")
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Worker:
+    """Runs one app's timers and jobs. Constructing it does no I/O; ``run()`` does."""
+
+    def __init__(self, app: Delayq, settings: WorkerSettings | None = None) -> None:
+        self.app = app
+        self.settings = settings or WorkerSettings()
+        self.name = consumer_name()
+        self.ready = threading.Event()  # set once the worker takes work
+        self.stopped = threading.Event()
+        self.abandoned_threads = False  # a sync handler still ran when the worker stopped
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._firing: Firing | None = None
+        self._executor: Executor | None = None
+        self._sweeper: Sweeper | None = None
+        self._stop_requested = False
+        self.record_lateness = False
+
+    # -- control ------------------------------------------------------------------------------
+
+    def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run until stopped (SIGTERM/SIGINT, or ``stop()`` from another thread)."""
+        asyncio.run(self.arun(install_signal_handlers=install_signal_handlers))
+
+    def stop(self) -> None:
+        """Ask the worker to stop: safe from any thread, and before ``run`` has started."""
+        self._stop_requested = True
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stopping.set)
+
+    @property
+    def counters(self) -> Counters:
+        return self._executor.counters if self._executor else Counters()
+
+    @property
+    def sweep_counters(self) -> SweepCounters:
+        return self._sweeper.counters if self._sweeper else SweepCounters()
+
+    @property
+    def fired(self) -> int:
+        return self._firing.fired if self._firing else 0
+
+    def find_task(self, name: str) -> Task[Any, Any] | None:
+        return find_task(self.app, name)
+
+    # -- main ---------------------------------------------------------------------------------
+
+    async def arun(self, *, install_signal_handlers: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = stopping = asyncio.Event()
+        if self._stop_requested:
+            stopping.set()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+        client: AsyncClient = aredis.Redis.from_url(self.app.url, **self.app.redis_options)
+        # The listener's connection must not reconnect silently: a reconnect means a sweep.
+        listen_client: AsyncClient = aredis.Redis.from_url(
+            self.app.url, retry=Retry(NoBackoff(), 0), **self.app.redis_options
+        )
+        try:
+            await self._serve(client, listen_client, stopping)
+        finally:
+            await listen_client.aclose()
+            await client.aclose()
+            self.stopped.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s: finishing running jobs, taking no new work", sig.name)
+        self.stop()
+
+    async def _serve(
+        self, client: AsyncClient, listen_client: AsyncClient, stopping: asyncio.Event
+    ) -> None:
+        settings, app = self.settings, self.app
+        engine = Engine(client, app.keys, self.name)
+        await ensure_notifications(client, app.keys, configure=settings.configure_server)
+        await warn_on_eviction(client)
+        await engine.ensure_group()
+        firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping)
+        await firing.sync_clock()
+        executor = self._executor = Executor(
+            engine, settings, self.find_task,
+            max_payload_bytes=app.max_payload_bytes,
+            dead_letter_maxlen=app.dead_letter_maxlen,
+            stopping=stopping,
+        )  # fmt: skip
+        executor.record_lateness = self.record_lateness
+        sweeper = self._sweeper = Sweeper(
+            engine, firing, orphan_scan_interval=settings.orphan_scan_interval
+        )
+        listener = Listener(
+            listen_client, app.keys, _db(client),
+            on_expired=firing.hint,
+            on_wake=firing.wake.set,
+            on_connect=lambda: sweeper.request(full=True),
+            stopping=stopping,
+        )  # fmt: skip
+        intake: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("deadline loop", firing.run_deadlines),
+            ("notification hints", firing.run_hints),
+            ("notification listener", listener.run),
+            ("consumer", executor.consume),
+        ]
+        tasks = [asyncio.create_task(guarded(n, body, stopping), name=n) for n, body in intake]
+        tasks += [
+            asyncio.create_task(
+                every("sweeper", settings.sweep_interval, sweeper.sweep, stopping,
+                      kick=sweeper.kick), name="sweeper"),
+            asyncio.create_task(
+                every("reclaimer", max(0.2, settings.visibility_timeout / 4),
+                      executor.reclaim, stopping), name="reclaimer"),
+        ]  # fmt: skip
+        upkeep = [
+            asyncio.create_task(guarded("acknowledgements", executor.run_acks, stopping)),
+            asyncio.create_task(self._heartbeats(executor)),
+        ]
+        log.info(
+            "worker %s ready: %s namespace=%s concurrency=%d tasks=%s",
+            self.name, redact_url(app.url), app.namespace, settings.concurrency,
+            ", ".join(app.tasks.names()) or "(shared only)",
+        )  # fmt: skip
+        self.ready.set()
+        await stopping.wait()
+        await self._shutdown(tasks, upkeep, executor)
+
+    async def _heartbeats(self, executor: Executor) -> None:
+        # Runs until the very end of shutdown, so jobs finishing during drain stay ours.
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            try:
+                await executor.heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %r", exc)
+
+    async def _shutdown(
+        self, tasks: list[asyncio.Task[None]], upkeep: list[asyncio.Task[None]], executor: Executor
+    ) -> None:
+        # The consumer returns within its read block; the others hold no work and may go now.
+        for task in tasks:
+            if task.get_name() != "consumer":
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await executor.drain(self.settings.shutdown_timeout)
+        for task in upkeep:
+            task.cancel()
+        await asyncio.gather(*upkeep, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await executor.flush_acks()
+        self.abandoned_threads = executor.shutdown_pool()
+        c = executor.counters
+        log.info("worker %s stopped: executed=%d retried=%d dead=%d handed_back=%d",
+                 self.name, c.executed, c.retried, c.dead, c.handed_back)  # fmt: skip
