@@ -78,7 +78,9 @@ class Delayq:
         redis_options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url or os.environ.get("DELAYQ_URL") or DEFAULT_URL
-        self.keys = Keys(namespace or os.environ.get("DELAYQ_NAMESPACE") or "default")
+        if namespace is None:
+            namespace = os.environ.get("DELAYQ_NAMESPACE") or "default"
+        self.keys = Keys(namespace)
         if isinstance(max_payload_bytes, bool) or max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be a positive integer")
         self.max_payload_bytes = max_payload_bytes
@@ -100,7 +102,7 @@ class Delayq:
             raise ConfigurationError("cannot change url or namespace after the app connected")
         if url:
             self.url = url
-        if namespace:
+        if namespace is not None:
             self.keys = Keys(namespace)
 
     # -- connection ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from redis.exceptions import RedisError
 
 from delayq._app import Delayq, redact_url
 from delayq._defaults import set_default_app
@@ -93,6 +94,9 @@ def worker(
         runner.run()
     except DelayqError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except RedisError as exc:
+        typer.echo(f"error: cannot use the server at {redact_url(app.url)}: {exc}", err=True)
         raise typer.Exit(2) from None
     if runner.abandoned_threads:
         # A blocking handler ignored the shutdown; its job was handed back, so exit now

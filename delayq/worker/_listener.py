@@ -42,6 +42,7 @@ class Listener:
         self.on_connect = on_connect
         self.stopping = stopping
         self.connects = 0
+        self.subscribed = asyncio.Event()  # set once the first subscription is active
 
     async def run(self) -> None:
         backoff = 0.05
@@ -53,6 +54,7 @@ class Listener:
                 if self.connects > 1:
                     log.warning("notification listener reconnected; sweeping for lost events")
                 self.on_connect()
+                self.subscribed.set()
                 backoff = 0.05
                 await self._receive(pubsub)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -29,7 +30,7 @@ from delayq.worker._engine import AsyncClient, Engine
 from delayq.worker._executor import Counters, Executor
 from delayq.worker._firing import Firing
 from delayq.worker._listener import Listener
-from delayq.worker._loops import every, guarded
+from delayq.worker._loops import every, guarded, wait_any
 from delayq.worker._settings import WorkerSettings
 from delayq.worker._sweeper import SweepCounters, Sweeper
 
@@ -137,7 +138,7 @@ class Worker:
             listen_client, app.keys, _db(client),
             on_expired=firing.hint,
             on_wake=firing.wake.set,
-            on_connect=lambda: sweeper.request(full=True),
+            on_connect=functools.partial(self._after_connect, sweeper, firing),
             stopping=stopping,
         )  # fmt: skip
         intake: list[tuple[str, Callable[[], Awaitable[None]]]] = [
@@ -159,6 +160,8 @@ class Worker:
             asyncio.create_task(guarded("acknowledgements", executor.run_acks, stopping)),
             asyncio.create_task(self._heartbeats(executor)),
         ]
+        # Nudges published before the subscription is active would be lost: wait for it.
+        await wait_any([listener.subscribed, stopping], 10)
         log.info(
             "worker %s ready: %s namespace=%s concurrency=%d tasks=%s",
             self.name, redact_url(app.url), app.namespace, settings.concurrency,
@@ -167,6 +170,13 @@ class Worker:
         self.ready.set()
         await stopping.wait()
         await self._shutdown(tasks, upkeep, executor)
+
+    @staticmethod
+    def _after_connect(sweeper: Sweeper, firing: Firing) -> None:
+        # Events and nudges published while the listener was away are lost: sweep, and let
+        # the deadline loop re-read the earliest deadline.
+        sweeper.request(full=True)
+        firing.wake.set()
 
     async def _heartbeats(self, executor: Executor) -> None:
         # Runs until the very end of shutdown, so jobs finishing during drain stay ours.

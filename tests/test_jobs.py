@@ -1,0 +1,129 @@
+"""Running jobs: retries with backoff, dead letters, bad jobs that must not stop a worker."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from delayq import Delayq, RetryPolicy
+from delayq._codec import encode_payload
+from tests.conftest import WorkerThread, wait_until
+
+
+def test_retries_with_backoff_then_dead_letter(
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    attempts: list[float] = []
+
+    @app.task(retries=3, retry_backoff=0.2)
+    def flaky(x: int) -> None:
+        attempts.append(time.monotonic())
+        raise ValueError(f"bad {x}")
+
+    start_worker(app)
+    timer = flaky.schedule(7, delay=0.05)
+    wait_until(lambda: app.dead_letters(), timeout=20)
+    assert len(attempts) == 4  # the first run and 3 retries
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    # backoff 0.2 * 2**n with up to 50% jitter below it: at least 0.1, 0.2, 0.4 s
+    for n, gap in enumerate(gaps):
+        assert gap >= 0.2 * 2**n * 0.5 - 0.02, gaps
+    (letter,) = app.dead_letters()
+    assert letter.timer_id == timer.id and letter.task == flaky.name
+    assert "ValueError: bad 7" in letter.reason and "retries exhausted" in letter.reason
+    assert "Traceback" in letter.traceback and "bad 7" in letter.traceback
+    assert app.timer(timer.id) is None
+    assert not rclient.exists(app.keys.data(timer.id))
+    assert app.stats()["retried"] == 3 and app.stats()["dead"] == 1
+
+
+def test_retry_for_limits_which_errors_retry(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    calls: list[str] = []
+
+    @app.task(retries=5, retry_backoff=0.05, retry_for=(ConnectionError,))
+    def picky(kind: str) -> None:
+        calls.append(kind)
+        if kind == "conn" and calls.count("conn") < 3:
+            raise ConnectionError("try again")
+        if kind == "type":
+            raise TypeError("will never work")
+
+    start_worker(app)
+    picky.delay("conn")
+    picky.delay("type")
+    wait_until(lambda: calls.count("conn") == 3 and app.dead_letters())
+    (letter,) = app.dead_letters()
+    assert "TypeError" in letter.reason and "not retried" in letter.reason
+    assert calls.count("type") == 1
+
+
+def test_dead_letter_retry_and_purge(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    fail = threading.Event()
+    fail.set()
+    ran: list[int] = []
+
+    @app.task(retries=0)
+    def fragile(x: int) -> None:
+        if fail.is_set():
+            raise RuntimeError("down")
+        ran.append(x)
+
+    start_worker(app)
+    fragile.delay(1)
+    fragile.delay(2)
+    wait_until(lambda: len(app.dead_letters()) == 2)
+    fail.clear()
+    first, second = app.dead_letters()
+    assert app.retry_dead(first) is True
+    assert app.retry_dead(first) is False  # gone from the dead letters now
+    wait_until(lambda: ran == [first_arg(first)])
+    assert app.purge_dead() == 1
+    assert app.dead_letters() == []
+    assert second.entry_id
+
+
+def first_arg(letter: object) -> int:
+    from delayq._codec import decode_payload
+
+    return int(decode_payload(letter.raw_payload).args[0])  # type: ignore[attr-defined]
+
+
+def test_unknown_task_and_corrupt_payload_are_dead_lettered(
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    ran: list[str] = []
+
+    @app.task
+    def fine(x: str) -> None:
+        ran.append(x)
+
+    start_worker(app)
+    # A timer for a task this worker does not know (e.g. renamed in the code).
+    unknown = encode_payload("no.such.task", (), {}, attempt=0, created_ms=0, max_bytes=1 << 20)
+    # A timer whose payload was corrupted in storage.
+    k = app.keys
+    for timer_id, payload in (("unknown", unknown), ("corrupt", b"\xc1garbage")):
+        good = fine.schedule("placeholder", delay=30, id=timer_id)
+        rclient.set(k.data(timer_id), payload)
+        assert good.reschedule(delay=0.05)
+    fine.schedule("after", delay=0.3)
+    wait_until(lambda: len(app.dead_letters()) == 2 and ran == ["after"])
+    reasons = {letter.timer_id: letter.reason for letter in app.dead_letters()}
+    assert "unknown task 'no.such.task'" in reasons["unknown"]
+    assert "undecodable payload" in reasons["corrupt"]
+
+
+def test_retry_policy_delays() -> None:
+    policy = RetryPolicy(retries=10, backoff=1.0, backoff_max=30.0, jitter=0.5)
+    for attempt, base in enumerate([1, 2, 4, 8, 16, 30, 30]):
+        for _ in range(50):
+            assert base * 0.5 <= policy.delay_for(attempt) <= base
+    assert RetryPolicy(jitter=0).delay_for(2) == 4.0

@@ -1,0 +1,48 @@
+"""The public façade is a contract: its names are pinned here."""
+
+from __future__ import annotations
+
+import delayq
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(delayq.__all__) == sorted(
+        [
+            "ConfigurationError",
+            "DeadLetter",
+            "Delayq",
+            "DelayqError",
+            "EmbeddedServer",
+            "InvalidTimerId",
+            "Payload",
+            "PayloadError",
+            "RetryPolicy",
+            "ScheduleError",
+            "ScheduleRequest",
+            "Task",
+            "Timer",
+            "UnknownTask",
+            "Worker",
+            "WorkerSettings",
+            "__version__",
+            "configure",
+            "default_app",
+            "delayed",
+            "set_default_app",
+            "task",
+        ]
+    )
+    for name in delayq.__all__:
+        assert hasattr(delayq, name), name
+
+
+def test_constructors_do_no_io() -> None:
+    # Nothing listens on port 1: any connection attempt would fail.
+    app = delayq.Delayq("redis://127.0.0.1:1/0", namespace="noio")
+
+    @app.task
+    def job() -> None: ...
+
+    delayq.Worker(app, delayq.WorkerSettings())
+    delayq.EmbeddedServer()
+    assert job.name.endswith("job")
