@@ -20,6 +20,7 @@ NAMES = (
     "handback",
     "repair",
     "redrive",
+    "heartbeat",
 )
 
 

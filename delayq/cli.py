@@ -76,6 +76,9 @@ def worker(
     shutdown_timeout: Annotated[
         float, typer.Option(help="seconds to let jobs finish on SIGTERM")
     ] = 30.0,
+    max_deliveries: Annotated[
+        int, typer.Option(help="dead-letter a job whose worker died this many times")
+    ] = 5,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Fire timers on time and run their jobs, until SIGTERM or SIGINT."""
@@ -89,6 +92,7 @@ def worker(
             concurrency=concurrency,
             visibility_timeout=visibility_timeout,
             shutdown_timeout=shutdown_timeout,
+            max_deliveries=max_deliveries,
         )
         runner = Worker(app, settings)
         runner.run()

@@ -34,3 +34,10 @@ def slow(tag: str, seconds: float) -> None:
     report("started", f"{tag}|{os.getpid()}")
     time.sleep(seconds)
     report("done", f"{tag}|{os.getpid()}")
+
+
+@app.task(retries=0)
+def die(tag: str) -> None:
+    """Takes its worker process down, as a segfault or the OOM killer would."""
+    report("started", f"{tag}|{os.getpid()}")
+    os._exit(17)

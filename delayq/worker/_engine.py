@@ -108,14 +108,21 @@ class Engine:
                 break
         return found
 
-    async def heartbeat(self, entry_ids: list[str]) -> int:
-        """Reset the idle time of running jobs so nobody takes them over; returns how many."""
+    async def heartbeat(self, entry_ids: list[str]) -> list[str]:
+        """Reset the idle time of running jobs so nobody takes them over; returns those lost."""
         if not entry_ids:
-            return 0
-        claimed = await self.client.xclaim(
-            self.keys.ready, GROUP, self.consumer, 0, list[Any](entry_ids), justid=True
-        )
-        return len(claimed)
+            return []
+        args: list[Any] = [GROUP, self.consumer, *entry_ids]
+        lost = await self.scripts["heartbeat"](keys=[self.keys.ready], args=args)
+        return [entry.decode() for entry in lost]
+
+    async def deliveries_of(self, entry_ids: list[str]) -> list[int]:
+        """How many times each entry has been delivered (XPENDING), 0 if no longer pending."""
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entry_ids:
+            pipe.xpending_range(self.keys.ready, GROUP, min=entry, max=entry, count=1)
+        replies = await pipe.execute()
+        return [int(r[0]["times_delivered"]) if r else 0 for r in replies]
 
     async def ack(self, deliveries: list[Delivery]) -> None:
         k = self.keys

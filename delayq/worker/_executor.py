@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,22 +89,33 @@ class Executor:
             return
         min_idle = int(self.settings.visibility_timeout * 1000)
         deliveries = await self.engine.reclaim(min_idle, self.free_slots)
-        if deliveries:
-            self.counters.reclaimed += len(deliveries)
-            log.warning("took over %d job(s) from workers that stopped", len(deliveries))
-        self.admit(deliveries)
+        if not deliveries:
+            return
+        self.counters.reclaimed += len(deliveries)
+        log.warning("took over %d job(s) from workers that stopped", len(deliveries))
+        counts = await self.engine.deliveries_of([d.entry_id for d in deliveries])
+        limit = self.settings.max_deliveries
+        for d, count in zip(deliveries, counts, strict=True):
+            if count > limit:
+                # A job that takes its worker down every time must not do so forever.
+                reason = f"delivered {count} times and never finished: its worker died each time"
+                if d.entry_id not in self.running:
+                    self.admit_outcome(d, self._bury(d, "", reason, ""))
+        self.admit([d for d, count in zip(deliveries, counts, strict=True) if count <= limit])
 
     def admit(self, deliveries: list[Delivery]) -> None:
         for d in deliveries:
             if d.entry_id in self.running:
                 continue
-            if self.stopping.is_set():
-                # Read just as the worker began stopping: give it straight back.
-                job = asyncio.create_task(self._hand_back(d))
-            else:
-                job = asyncio.create_task(self._run_one(d))
-            self.running[d.entry_id] = Running(d, job)
-            job.add_done_callback(functools.partial(self._finished, d.entry_id))
+            # Read just as the worker began stopping: give it straight back.
+            outcome = self._hand_back(d) if self.stopping.is_set() else self._run_one(d)
+            self.admit_outcome(d, outcome)
+
+    def admit_outcome(self, d: Delivery, outcome: Coroutine[Any, Any, None]) -> None:
+        """Run what becomes of a delivery as a tracked job that holds a slot until done."""
+        job = asyncio.create_task(outcome)
+        self.running[d.entry_id] = Running(d, job)
+        job.add_done_callback(functools.partial(self._finished, d.entry_id))
 
     def _finished(self, entry_id: str, _job: asyncio.Task[None]) -> None:
         self.running.pop(entry_id, None)
@@ -207,9 +218,11 @@ class Executor:
 
     async def heartbeat(self) -> None:
         entries = [r.delivery.entry_id for r in self.running.values()]
-        kept = await self.engine.heartbeat(entries)
-        if kept < len(entries):
-            log.warning("%d running job(s) were no longer pending here", len(entries) - kept)
+        lost = await self.engine.heartbeat(entries)
+        if lost:
+            # Another worker took them over after this one missed its heartbeats; both may
+            # run the job (at-least-once), and only one acknowledgement removes its data.
+            log.warning("%d running job(s) were taken over by another worker", len(lost))
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: let running jobs finish for ``timeout`` s, then hand the rest back."""

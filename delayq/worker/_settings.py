@@ -27,6 +27,8 @@ class WorkerSettings:
     sweep_interval:       seconds between sweeps for overdue timers and stuck jobs
     orphan_scan_interval: seconds between full scans for orphaned data keys
     shutdown_timeout:     seconds to let running jobs finish on SIGTERM before handing them back
+    max_deliveries:       a job delivered more often than this (its worker died each time)
+                          goes to the dead letters
     fire_batch:           timers claimed per script call
     configure_server:     enable keyspace notifications with CONFIG SET when they are off
     """
@@ -37,11 +39,12 @@ class WorkerSettings:
     sweep_interval: float = 30.0
     orphan_scan_interval: float = 300.0
     shutdown_timeout: float = 30.0
+    max_deliveries: int = 5
     fire_batch: int = 500
     configure_server: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "fire_batch"):
+        for name in ("concurrency", "fire_batch", "max_deliveries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
