@@ -236,14 +236,12 @@ class Delayq:
         return [self._timer(armed) for armed in self.store.schedule_many(reqs, chunk=chunk)]
 
     def timer(self, timer_id: str) -> Timer | None:
-        """The pending (or running) timer with this id, or None."""
+        """The pending timer with this id, or None (never existed, cancelled or fired)."""
         check_timer_id(timer_id)
         due, raw, _now = self.store.lookup(timer_id)
-        if raw is None:
+        if raw is None or due is None:
             return None
-        return Timer(
-            self, timer_id, due_ms=-1 if due is None else due, raw_payload=raw, created=False
-        )
+        return Timer(self, timer_id, due_ms=due, raw_payload=raw, created=False)
 
     def cancel(self, timer_id: str) -> bool:
         return self.store.cancel(check_timer_id(timer_id))

@@ -47,7 +47,6 @@ class Keys:
         self.prefix = prefix
         self.index = prefix + "due"  # sorted set: timer id -> due time (ms, server clock)
         self.ready = prefix + "ready"  # stream of fired jobs, read by the consumer group
-        self.inflight = prefix + "run"  # hash: timer id -> ready-stream entry id
         self.dead = prefix + "dead"  # stream of dead letters
         self.stats = prefix + "stats"  # hash of counters
         self.wake_channel = prefix + "wake"  # pub/sub nudge: a new earliest deadline
@@ -59,6 +58,11 @@ class Keys:
 
     def data(self, timer_id: str) -> str:
         return self.data_prefix + timer_id
+
+    @staticmethod
+    def retry_id(timer_id: str, entry_id: str) -> str:
+        """Id for a retry whose own id was taken meanwhile by a new pending timer."""
+        return f"{timer_id}#retry-{entry_id}"
 
     def data_pattern(self) -> str:
         # SCAN MATCH treats [ ] * ? \ specially; the namespace charset excludes them.

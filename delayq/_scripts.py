@@ -14,7 +14,6 @@ NAMES = (
     "fire",
     "cancel",
     "reschedule",
-    "ack",
     "retry",
     "bury",
     "handback",

@@ -141,8 +141,9 @@ class Task(Generic[P, R]):
     ) -> Timer:
         """Run later: after ``delay`` (seconds or timedelta) or at ``at`` (an aware datetime).
 
-        With ``id=``, scheduling is idempotent: while a timer with that id is pending or
-        running, the existing timer is returned (``created`` is False) and nothing changes.
+        With ``id=``, scheduling is idempotent: while a timer with that id is pending, the
+        existing timer is returned (``created`` is False) and nothing changes. Once it has
+        fired, the id is free again.
         """
         req = self.request(args, kwargs, delay=delay, at=at, timer_id=id)
         return self.app.arm(req)

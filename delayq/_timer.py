@@ -22,25 +22,21 @@ class Timer:
     ) -> None:
         self._app = app
         self.id = timer_id
-        self.due_ms = due_ms  # -1 while the job runs
+        self.due_ms = due_ms  # -1: its due-index entry is missing until the sweeper repairs it
         self._raw = raw_payload
         self._payload: Payload | None = None
         self.created = created  # False when the id was already taken (idempotent schedule)
 
     def __repr__(self) -> str:
-        state = "running" if self.due_ms < 0 else self.due_at.isoformat()
+        state = "unknown" if self.due_ms < 0 else self.due_at.isoformat()
         return f"<Timer {self.id!r} {self.payload.task} due={state}>"
 
     @property
     def due_at(self) -> dt.datetime:
-        """When the timer fires (UTC); the time it was claimed at is not kept once running."""
+        """When the timer fires (UTC)."""
         if self.due_ms < 0:
-            raise ValueError(f"timer {self.id!r} has fired and its job is running")
+            raise ValueError(f"timer {self.id!r} has no deadline until the sweeper repairs it")
         return from_ms(self.due_ms)
-
-    @property
-    def running(self) -> bool:
-        return self.due_ms < 0
 
     @property
     def payload(self) -> Payload:

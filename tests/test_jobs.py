@@ -127,3 +127,28 @@ def test_retry_policy_delays() -> None:
         for _ in range(50):
             assert base * 0.5 <= policy.delay_for(attempt) <= base
     assert RetryPolicy(jitter=0).delay_for(2) == 4.0
+
+
+def test_retry_never_replaces_a_newer_timer_with_the_same_id(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """Once fired, an id is free: a new timer may take it while the old job still fails."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    @app.task(retries=1, retry_backoff=0.05)
+    def once_failing(tag: str) -> None:
+        calls.append(tag)
+        if tag == "old" and calls.count("old") == 1:
+            release.wait(10)
+            raise RuntimeError("first attempt fails")
+
+    start_worker(app)
+    once_failing.schedule("old", delay=0.05, id="shared-id")
+    wait_until(lambda: calls == ["old"])
+    assert app.timer("shared-id") is None  # fired: the id is free
+    newer = once_failing.schedule("new", delay=1.0, id="shared-id")
+    assert newer.created
+    release.set()  # the old job fails now, and its retry must not replace the newer timer
+    wait_until(lambda: sorted(calls) == ["new", "old", "old"], timeout=15)
+    assert app.dead_letters() == []

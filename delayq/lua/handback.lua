@@ -1,20 +1,17 @@
 -- handback.lua: give an unfinished job back to the queue at once (a worker shutting down),
--- rather than leaving it to the visibility timeout.
+-- rather than leaving it to the visibility timeout. Only the delivery that still holds the
+-- entry may do so (XACK answers 1).
 --
 -- KEYS[1]  ready stream
--- KEYS[2]  in-flight hash
 -- ARGV[1]  consumer group name
 -- ARGV[2]  ready-stream entry id held by this worker
 -- ARGV[3]  timer id
 -- ARGV[4]  payload
 -- ARGV[5]  due time (ms)
 --
--- Returns the new entry id, or false when this delivery no longer owns the timer.
-if redis.call('HGET', KEYS[2], ARGV[3]) ~= ARGV[2] then
+-- Returns the new entry id, or false when this delivery no longer holds the entry.
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return false
 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-local entry = redis.call('XADD', KEYS[1], '*', 'i', ARGV[3], 'p', ARGV[4], 'd', ARGV[5])
-redis.call('HSET', KEYS[2], ARGV[3], entry)
-return entry
+return redis.call('XADD', KEYS[1], '*', 'i', ARGV[3], 'p', ARGV[4], 'd', ARGV[5])

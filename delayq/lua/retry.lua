@@ -1,38 +1,43 @@
--- retry.lua: re-arm a failed job as a timer (same id, new payload with the next attempt number)
--- and acknowledge its delivery, in one step.
+-- retry.lua: acknowledge a failed delivery and re-arm its job as a timer (new payload with the
+-- next attempt number), in one step. Only the delivery that still holds the entry may do so:
+-- XACK answers 0 to a worker whose job was meanwhile taken over and settled elsewhere.
 --
--- KEYS[1]  shadow key
--- KEYS[2]  data key
+-- KEYS[1]  shadow key of the timer id
+-- KEYS[2]  data key of the timer id
 -- KEYS[3]  due index
 -- KEYS[4]  ready stream
--- KEYS[5]  in-flight hash
--- KEYS[6]  stats hash
+-- KEYS[5]  stats hash
+-- KEYS[6]  shadow key of the fallback id
+-- KEYS[7]  data key of the fallback id
 -- ARGV[1]  consumer group name
 -- ARGV[2]  ready-stream entry id of the failed delivery
 -- ARGV[3]  timer id
 -- ARGV[4]  new payload
 -- ARGV[5]  delay before the next attempt, ms
 -- ARGV[6]  wake channel
+-- ARGV[7]  fallback id, used when a new timer with the same id is already pending (e.g. the
+--          next cycle of a debounced timer): the retry must not replace it
 --
--- Returns {due_ms} when re-armed, {-1} when this delivery no longer owns the timer (it was
--- re-delivered elsewhere); the entry is acknowledged either way.
-redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[4], ARGV[2])
-if redis.call('HGET', KEYS[5], ARGV[3]) ~= ARGV[2] then
-  return {-1}
+-- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
+if redis.call('XACK', KEYS[4], ARGV[1], ARGV[2]) == 0 then
+  return {-1, ''}
 end
-redis.call('HDEL', KEYS[5], ARGV[3])
+redis.call('XDEL', KEYS[4], ARGV[2])
+local id, shadow, data = ARGV[3], KEYS[1], KEYS[2]
+if redis.call('EXISTS', data) == 1 then
+  id, shadow, data = ARGV[7], KEYS[6], KEYS[7]
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local delay = tonumber(ARGV[5])
 if delay < 1 then delay = 1 end
 local due = now + delay
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[1], '1', 'PX', delay)
-redis.call('SET', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[3], due, ARGV[3])
-redis.call('HINCRBY', KEYS[6], 'retried', 1)
+redis.call('SET', shadow, '1', 'PX', delay)
+redis.call('SET', data, ARGV[4])
+redis.call('ZADD', KEYS[3], due, id)
+redis.call('HINCRBY', KEYS[5], 'retried', 1)
 if first[2] == nil or due < tonumber(first[2]) then
   redis.call('PUBLISH', ARGV[6], due)
 end
-return {due}
+return {due, id}

@@ -11,8 +11,8 @@
 -- ARGV[6]  wake channel: published to when this timer becomes the earliest pending one
 --
 -- Returns {created, due_ms, now_ms, stored_payload}
---   created = 1 when armed now; 0 when a timer with this id was already pending or running,
---   in which case due_ms is its deadline (-1 while running) and stored_payload its payload.
+--   created = 1 when armed now; 0 when a timer with this id was already pending,
+--   in which case due_ms is its deadline and stored_payload its payload.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 

@@ -78,7 +78,7 @@ class Engine:
 
     async def fire(self, ids: list[str]) -> FireResult:
         k = self.keys
-        keys = [k.index, k.ready, k.inflight, k.stats]
+        keys = [k.index, k.ready, k.stats]
         for timer_id in ids:
             keys += (k.shadow(timer_id), k.data(timer_id))
         now, fired, next_due, orphans = await self.scripts["fire"](keys=keys, args=ids)
@@ -125,34 +125,35 @@ class Engine:
         return [int(r[0]["times_delivered"]) if r else 0 for r in replies]
 
     async def ack(self, deliveries: list[Delivery]) -> None:
-        k = self.keys
-        keys = [k.ready, k.inflight] + [k.data(d.timer_id) for d in deliveries]
-        args: list[Any] = [GROUP]
-        for d in deliveries:
-            args += (d.entry_id, d.timer_id)
-        await self.scripts["ack"](keys=keys, args=args)
+        entries = [d.entry_id for d in deliveries]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xack(self.keys.ready, GROUP, *entries)
+        pipe.xdel(self.keys.ready, *entries)
+        await pipe.execute()
 
     async def retry(self, d: Delivery, payload: bytes, delay_s: float) -> int | None:
+        """Re-arm a failed job; None if this delivery no longer held its entry."""
         k = self.keys
-        keys = [k.shadow(d.timer_id), k.data(d.timer_id), k.index, k.ready, k.inflight, k.stats]
+        fallback = k.retry_id(d.timer_id, d.entry_id)
+        keys = [k.shadow(d.timer_id), k.data(d.timer_id), k.index, k.ready, k.stats,
+                k.shadow(fallback), k.data(fallback)]  # fmt: skip
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, payload, max(1, round(delay_s * 1000)),
-                k.wake_channel]  # fmt: skip
-        (due,) = await self.scripts["retry"](keys=keys, args=args)
+                k.wake_channel, fallback]  # fmt: skip
+        due, _armed_id = await self.scripts["retry"](keys=keys, args=args)
         return None if int(due) < 0 else int(due)
 
     async def bury(
         self, d: Delivery, *, task: str, reason: str, traceback: str, maxlen: int
     ) -> str | None:
         k = self.keys
-        keys = [k.ready, k.inflight, k.data(d.timer_id), k.dead, k.stats]
+        keys = [k.ready, k.dead, k.stats]
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, task, reason, traceback, maxlen]
         entry = await self.scripts["bury"](keys=keys, args=args)
         return entry.decode() if entry else None
 
     async def handback(self, d: Delivery) -> bool:
-        keys = [self.keys.ready, self.keys.inflight]
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms]
-        return bool(await self.scripts["handback"](keys=keys, args=args))
+        return bool(await self.scripts["handback"](keys=[self.keys.ready], args=args))
 
     # -- sweeping -----------------------------------------------------------------------------
 
@@ -162,28 +163,19 @@ class Engine:
         ids = [self.keys.id_from_data(n.decode("utf-8", "replace")) for n in names]
         return int(cursor), [i for i in ids if i]
 
-    async def suspicious(self, ids: list[str]) -> list[str]:
-        """Of these data-key ids, those with neither an index entry nor a running job."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zmscore(self.keys.index, ids)
-        pipe.hmget(self.keys.inflight, ids)
-        scores, running = await pipe.execute()
-        return [i for i, s, r in zip(ids, scores, running, strict=True) if s is None and r is None]
+    async def unindexed(self, ids: list[str]) -> list[str]:
+        """Of these data-key ids, those without a due-index entry (candidates for repair)."""
+        scores = await self.client.zmscore(self.keys.index, ids)
+        return [i for i, score in zip(ids, scores, strict=True) if score is None]
 
-    async def inflight_ids(self) -> list[str]:
-        return [
-            k.decode() async for k in self.client.hscan_iter(self.keys.inflight, no_values=True)
-        ]
-
-    async def repair(self, ids: list[str]) -> list[str]:
-        """Run repair.lua for each id; returns what each needed ("data", "inflight", "ok")."""
+    async def repair(self, ids: list[str]) -> int:
+        """Run repair.lua for each id; returns how many needed it."""
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         for timer_id in ids:
-            keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.inflight, k.ready, k.stats]
+            keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.stats]
             await self.scripts["repair"](keys=keys, args=[timer_id], client=pipe)
-        replies = await pipe.execute()
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+        return sum(int(r) for r in await pipe.execute())
 
     async def stale_consumers(self, idle_ms: int) -> list[str]:
         infos = await self.client.xinfo_consumers(self.keys.ready, GROUP)

@@ -26,7 +26,6 @@ class SweepCounters:
     sweeps: int = 0
     fired_overdue: int = 0
     repaired_data: int = 0
-    repaired_inflight: int = 0
 
 
 class Sweeper:
@@ -57,30 +56,19 @@ class Sweeper:
             await self.scan_orphans()
 
     async def scan_orphans(self) -> None:
-        repaired = {"data": 0, "inflight": 0}
+        repaired = 0
         cursor = 0
         while True:
             cursor, ids = await self.engine.scan_data_ids(cursor, SCAN_COUNT)
             if ids:
-                suspects = await self.engine.suspicious(ids)
+                suspects = await self.engine.unindexed(ids)
                 if suspects:
-                    for outcome in await self.engine.repair(suspects):
-                        repaired[outcome] = repaired.get(outcome, 0) + 1
+                    repaired += await self.engine.repair(suspects)
             if cursor == 0:
                 break
-        running = await self.engine.inflight_ids()
-        for start in range(0, len(running), SCAN_COUNT):
-            for outcome in await self.engine.repair(running[start : start + SCAN_COUNT]):
-                repaired[outcome] = repaired.get(outcome, 0) + 1
-        self.counters.repaired_data += repaired["data"]
-        self.counters.repaired_inflight += repaired["inflight"]
-        if repaired["data"] or repaired["inflight"]:
-            log.warning(
-                "sweep repaired %d data key(s) missing from the due index and %d job(s) "
-                "whose ready entry was lost",
-                repaired["data"],
-                repaired["inflight"],
-            )
+        if repaired:
+            self.counters.repaired_data += repaired
+            log.warning("sweep re-indexed %d timer(s) missing from the due index", repaired)
             self.firing.wake.set()
         for name in await self.engine.stale_consumers(CONSUMER_IDLE_MS):
             await self.engine.drop_consumer(name)
