@@ -1,7 +1,8 @@
 """delayq: timers and delayed tasks on Redis/Valkey that fire on time, exactly once."""
 
 from delayq._app import Delayq
-from delayq._codec import Payload
+from delayq._codec import Payload, Touch
+from delayq._debounce import Debounced
 from delayq._defaults import configure, default_app, delayed, set_default_app, task
 from delayq._errors import (
     ConfigurationError,
@@ -9,6 +10,7 @@ from delayq._errors import (
     InvalidTimerId,
     PayloadError,
     ScheduleError,
+    TimerPaused,
     UnknownTask,
 )
 from delayq._server import EmbeddedServer
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError",
     "DeadLetter",
+    "Debounced",
     "Delayq",
     "DelayqError",
     "EmbeddedServer",
@@ -33,6 +36,8 @@ __all__ = [
     "ScheduleRequest",
     "Task",
     "Timer",
+    "TimerPaused",
+    "Touch",
     "UnknownTask",
     "Worker",
     "WorkerSettings",

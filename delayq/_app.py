@@ -9,9 +9,10 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import redis
 
+from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._errors import ConfigurationError
 from delayq._keys import Keys, check_timer_id
-from delayq._store import Armed, DeadLetter, ScheduleRequest, TimerStore
+from delayq._store import Armed, DeadLetter, ScheduleRequest, TimerStore, Touched, TouchRequest
 from delayq._task import RetryPolicy, Task, TaskOptions, default_task_name
 from delayq._timer import Timer
 from delayq._when import Delay, delay_seconds
@@ -212,6 +213,48 @@ class Delayq:
         )
         return decorator if fn is None else decorator(fn)
 
+    def debounced(
+        self,
+        *,
+        seconds: Delay,
+        key: KeySpec = None,
+        payload: PayloadMode = "last",
+        max_items: int = 100,
+        max_wait: Delay | None = None,
+        name: str | None = None,
+        retries: int = 3,
+        retry_backoff: Delay = 1.0,
+        retry_backoff_max: Delay = 3600.0,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[[Callable[P, R]], Debounced[P, R]]:
+        """A task fired once per key, ``seconds`` after the last ``touch`` of that key.
+
+        ``key`` is a format string over the touch's arguments (``"device:{device_id}"``) or a
+        callable taking them; the result is the timer id. ``payload``: ``"last"`` keeps the
+        newest arguments, ``"first"`` the first, ``"all"`` every touch's (newest
+        ``max_items``), passed as a list of Touch. ``max_wait`` fires at the latest that long
+        after the first touch of a cycle.
+        """
+        debounce = DebounceOptions.build(
+            seconds=seconds, key=key, payload=payload, max_items=max_items, max_wait=max_wait
+        )
+
+        def decorate(func: Callable[P, R]) -> Debounced[P, R]:
+            options = build_options(
+                func,
+                name=name,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
+                retry_for=retry_for,
+                delay=seconds,
+            )
+            task = Debounced(func, options, lambda: self, debounce)
+            self.tasks.add(task)
+            return task
+
+        return decorate
+
     def register(self, task: Task[Any, Any]) -> None:
         """Make a task declared elsewhere (e.g. with ``delayq.task``) known to this app."""
         self.tasks.add(task)
@@ -235,13 +278,33 @@ class Delayq:
         reqs = list(requests)
         return [self._timer(armed) for armed in self.store.schedule_many(reqs, chunk=chunk)]
 
+    def touch(self, request: TouchRequest) -> Timer:
+        """Store one prepared touch (see ``Debounced.prepare_touch``)."""
+        return self._touched(request, self.store.touch(request))
+
+    def touch_many(self, requests: Iterable[TouchRequest], *, chunk: int = 1000) -> list[Timer]:
+        """Apply many touches, one round trip per ``chunk``, in order."""
+        reqs = list(requests)
+        touched = self.store.touch_many(reqs, chunk=chunk)
+        return [self._touched(r, t) for r, t in zip(reqs, touched, strict=True)]
+
+    def _touched(self, request: TouchRequest, touched: Touched) -> Timer:
+        return Timer(self, request.timer_id, due_ms=touched.due_ms, raw_payload=request.payload,
+                     created=touched.new_cycle == 1)  # fmt: skip
+
     def timer(self, timer_id: str) -> Timer | None:
         """The pending timer with this id, or None (never existed, cancelled or fired)."""
         check_timer_id(timer_id)
-        due, raw, _now = self.store.lookup(timer_id)
-        if raw is None or due is None:
+        found = self.store.lookup(timer_id)
+        if found.raw_payload is None:
             return None
-        return Timer(self, timer_id, due_ms=due, raw_payload=raw, created=False)
+        if found.paused_left_ms is not None:
+            return Timer(self, timer_id, due_ms=-1, raw_payload=found.raw_payload,
+                         created=False, paused_left_ms=found.paused_left_ms)  # fmt: skip
+        if found.due_ms is None:
+            return None  # a data key without an index entry: the sweeper will repair it
+        return Timer(self, timer_id, due_ms=found.due_ms, raw_payload=found.raw_payload,
+                     created=False)  # fmt: skip
 
     def cancel(self, timer_id: str) -> bool:
         return self.store.cancel(check_timer_id(timer_id))

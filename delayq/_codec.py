@@ -179,3 +179,48 @@ def reencode(payload: Payload, *, attempt: int, max_bytes: int) -> bytes:
         created_ms=payload.created_ms,
         max_bytes=max_bytes,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """One touch of a debounced timer with ``payload="all"``, as passed to its handler."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    touched_ms: int
+
+    @property
+    def touched_at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.touched_ms / 1000, tz=dt.UTC)
+
+
+def encode_touch(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, touched_ms: int, max_bytes: int
+) -> bytes:
+    try:
+        data = _pack([list(args), kwargs, touched_ms])
+    except (TypeError, ValueError, OverflowError):
+        raise PayloadError(f"cannot serialize the touch: {_name_culprit(args, kwargs)}") from None
+    if len(data) > max_bytes:
+        raise PayloadError(f"touch is {len(data)} bytes, over the limit of {max_bytes} bytes")
+    return data
+
+
+def decode_touches(data: bytes) -> list[Touch]:
+    """The touches stored for a debounced timer: concatenated msgpack items, oldest first."""
+    unpacker = msgpack.Unpacker(raw=False, ext_hook=_ext_hook, strict_map_key=True)
+    unpacker.feed(data)
+    touches: list[Touch] = []
+    try:
+        for item in unpacker:
+            if not (isinstance(item, list) and len(item) == 3):
+                raise PayloadError("a stored touch is not a [args, kwargs, time] list")
+            args, kwargs, touched_ms = item
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise PayloadError("a stored touch has malformed arguments")
+            touches.append(Touch(tuple(args), kwargs, int(touched_ms)))
+    except PayloadError:
+        raise
+    except Exception as exc:
+        raise PayloadError(f"stored touches are not valid msgpack: {exc}") from None
+    return touches

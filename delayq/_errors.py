@@ -25,3 +25,7 @@ class PayloadError(ScheduleError):
 
 class UnknownTask(DelayqError, LookupError):
     """A job names a task that this worker does not know."""
+
+
+class TimerPaused(DelayqError):
+    """The timer is paused: resume it before changing its deadline."""

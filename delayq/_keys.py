@@ -49,15 +49,21 @@ class Keys:
         self.ready = prefix + "ready"  # stream of fired jobs, read by the consumer group
         self.dead = prefix + "dead"  # stream of dead letters
         self.stats = prefix + "stats"  # hash of counters
+        self.paused = prefix + "paused"  # hash: timer id -> "remaining_ms:duration_ms"
+        self.first_touch = prefix + "first"  # hash: debounced timer id -> first touch ms
         self.wake_channel = prefix + "wake"  # pub/sub nudge: a new earliest deadline
         self.shadow_prefix = prefix + "s:"
         self.data_prefix = prefix + "d:"
+        self.items_prefix = prefix + "a:"
 
     def shadow(self, timer_id: str) -> str:
         return self.shadow_prefix + timer_id
 
     def data(self, timer_id: str) -> str:
         return self.data_prefix + timer_id
+
+    def items(self, timer_id: str) -> str:
+        return self.items_prefix + timer_id
 
     @staticmethod
     def retry_id(timer_id: str, entry_id: str) -> str:

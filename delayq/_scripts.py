@@ -13,13 +13,14 @@ NAMES = (
     "schedule",
     "fire",
     "cancel",
-    "reschedule",
+    "touch",
+    "control",
+    "heartbeat",
     "retry",
     "bury",
     "handback",
     "repair",
     "redrive",
-    "heartbeat",
 )
 
 

@@ -41,6 +41,43 @@ class Armed:
 
 
 @dataclass(frozen=True, slots=True)
+class TouchRequest:
+    """One touch of a debounced timer, validated and serialized; building it does no I/O."""
+
+    timer_id: str
+    payload: bytes
+    window_ms: int
+    mode: str
+    max_items: int
+    max_wait_ms: int
+    item: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    timer_id: str
+    new_cycle: int
+    due_ms: int
+    now_ms: int
+    items: int
+
+
+@dataclass(frozen=True, slots=True)
+class Controlled:
+    status: int  # 1 done, 0 not pending, -1 paused, -2 not paused
+    due_ms: int  # new deadline; for a pause, the time left
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    due_ms: int | None  # None: not in the due index (fired, cancelled, or paused)
+    raw_payload: bytes | None
+    paused_left_ms: int | None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A job that failed for good, as stored in the dead-letter stream."""
 
@@ -50,6 +87,7 @@ class DeadLetter:
     reason: str
     traceback: str
     raw_payload: bytes
+    raw_items: bytes = b""  # debounced payload="all": the touches
 
     @property
     def failed_at(self) -> dt.datetime:
@@ -65,7 +103,7 @@ class TimerStore:
 
     def _schedule_args(self, req: ScheduleRequest) -> tuple[list[str], list[Any]]:
         k = self.keys
-        keys = [k.shadow(req.timer_id), k.data(req.timer_id), k.index]
+        keys = [k.shadow(req.timer_id), k.data(req.timer_id), k.index, k.paused]
         args: list[Any] = [
             req.timer_id,
             req.payload,
@@ -99,26 +137,54 @@ class TimerStore:
 
     def cancel(self, timer_id: str) -> bool:
         k = self.keys
-        keys = [k.shadow(timer_id), k.data(timer_id), k.index]
+        keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index, k.paused,
+                k.first_touch]  # fmt: skip
         return bool(self.scripts["cancel"](keys=keys, args=[timer_id]))
 
-    def reschedule(self, timer_id: str, when: When) -> int | None:
+    def control(self, timer_id: str, operation: str, ms: int = 0) -> Controlled:
+        """Run one control.lua operation (see its header for what each does)."""
         k = self.keys
-        keys = [k.shadow(timer_id), k.data(timer_id), k.index]
-        due, _now = self.scripts["reschedule"](
-            keys=keys, args=[timer_id, *when.as_args(), k.wake_channel]
+        keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.paused]
+        status, due, now = self.scripts["control"](
+            keys=keys, args=[timer_id, operation, ms, k.wake_channel]
         )
-        return None if int(due) < 0 else int(due)
+        return Controlled(int(status), int(due), int(now))
 
-    def lookup(self, timer_id: str) -> tuple[int | None, bytes | None, int]:
-        """(due ms or None, payload or None, server now ms) of one timer, in one round trip."""
+    def touch(self, req: TouchRequest) -> Touched:
+        keys, args = self._touch_args(req)
+        return Touched(req.timer_id, *self.scripts["touch"](keys=keys, args=args))
+
+    def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> list[Touched]:
+        touched: list[Touched] = []
+        script = self.scripts["touch"]
+        for start in range(0, len(reqs), chunk):
+            part = reqs[start : start + chunk]
+            pipe = self.client.pipeline(transaction=False)
+            for req in part:
+                keys, args = self._touch_args(req)
+                script(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+            touched += [Touched(r.timer_id, *reply) for r, reply in zip(part, replies, strict=True)]
+        return touched
+
+    def _touch_args(self, req: TouchRequest) -> tuple[list[str], list[Any]]:
+        k, t = self.keys, req.timer_id
+        keys = [k.shadow(t), k.data(t), k.items(t), k.index, k.first_touch, k.paused]
+        args: list[Any] = [t, req.payload, req.window_ms, req.mode, req.max_items,
+                           req.max_wait_ms, k.wake_channel, req.item]  # fmt: skip
+        return keys, args
+
+    def lookup(self, timer_id: str) -> Lookup:
+        """Where one timer stands, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         pipe.zscore(self.keys.index, timer_id)
         pipe.get(self.keys.data(timer_id))
+        pipe.hget(self.keys.paused, timer_id)
         pipe.time()
-        score, raw, (sec, usec) = pipe.execute()
+        score, raw, paused, (sec, usec) = pipe.execute()
+        left = None if paused is None else int(paused.split(b":", 1)[0])
         due = None if score is None else int(score)
-        return due, raw, sec * 1000 + usec // 1000
+        return Lookup(due, raw, left, sec * 1000 + usec // 1000)
 
     def server_time_ms(self) -> int:
         sec, usec = self.client.time()
@@ -143,8 +209,9 @@ class TimerStore:
             )
         except ValueError:
             payload = letter.raw_payload  # undecodable: redrive as it was, it will be buried again
-        keys = [k.dead, k.shadow(letter.timer_id), k.data(letter.timer_id), k.index]
-        args: list[Any] = [letter.entry_id, letter.timer_id, payload, k.wake_channel]
+        t = letter.timer_id
+        keys = [k.dead, k.shadow(t), k.data(t), k.index, k.items(t)]
+        args: list[Any] = [letter.entry_id, t, payload, k.wake_channel, letter.raw_items]
         return int(self.scripts["redrive"](keys=keys, args=args))
 
     def purge_dead(self, entry_ids: list[str] | None = None) -> int:
@@ -163,6 +230,7 @@ def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
         reason=fields.get(b"r", b"").decode("utf-8", "replace"),
         traceback=fields.get(b"tb", b"").decode("utf-8", "replace"),
         raw_payload=fields.get(b"p", b""),
+        raw_items=fields.get(b"a", b""),
     )
 
 

@@ -1,4 +1,4 @@
-"""The Timer handle: inspect, reschedule or cancel one pending timer."""
+"""The Timer handle: inspect, reschedule, restart, extend, pause, resume or cancel a timer."""
 
 from __future__ import annotations
 
@@ -6,36 +6,55 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from delayq._codec import Payload, decode_payload
-from delayq._when import Delay, from_ms, resolve_when
+from delayq._errors import TimerPaused
+from delayq._when import Delay, delay_seconds, from_ms, resolve_when
 
 if TYPE_CHECKING:
     from delayq._app import Delayq
+    from delayq._store import Controlled
 
 
 class Timer:
-    """A handle on one timer. Its fields are a snapshot; methods ask the server."""
+    """A handle on one timer. Its fields are a snapshot; every method asks the server.
 
-    __slots__ = ("_app", "_payload", "_raw", "created", "due_ms", "id")
+    Methods that change the timer return False when it is no longer pending (it fired, was
+    cancelled, or never existed), and raise TimerPaused when it is paused and must be resumed
+    first. Each change is one atomic script.
+    """
+
+    __slots__ = ("_app", "_payload", "_raw", "created", "due_ms", "id", "paused_left_ms")
 
     def __init__(
-        self, app: Delayq, timer_id: str, *, due_ms: int, raw_payload: bytes, created: bool
+        self,
+        app: Delayq,
+        timer_id: str,
+        *,
+        due_ms: int,
+        raw_payload: bytes,
+        created: bool,
+        paused_left_ms: int | None = None,
     ) -> None:
         self._app = app
         self.id = timer_id
-        self.due_ms = due_ms  # -1: its due-index entry is missing until the sweeper repairs it
+        self.due_ms = due_ms  # -1 while paused
+        self.paused_left_ms = paused_left_ms
         self._raw = raw_payload
         self._payload: Payload | None = None
         self.created = created  # False when the id was already taken (idempotent schedule)
 
     def __repr__(self) -> str:
-        state = "unknown" if self.due_ms < 0 else self.due_at.isoformat()
+        state = "paused" if self.paused else from_ms(self.due_ms).isoformat()
         return f"<Timer {self.id!r} {self.payload.task} due={state}>"
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_left_ms is not None
 
     @property
     def due_at(self) -> dt.datetime:
         """When the timer fires (UTC)."""
         if self.due_ms < 0:
-            raise ValueError(f"timer {self.id!r} has no deadline until the sweeper repairs it")
+            raise TimerPaused(f"timer {self.id!r} is paused: it has no deadline until resumed")
         return from_ms(self.due_ms)
 
     @property
@@ -45,23 +64,60 @@ class Timer:
         return self._payload
 
     def remaining(self) -> dt.timedelta | None:
-        """Time left until the deadline by the server's clock; None once no longer pending."""
-        due, _raw, now = self._app.store.lookup(self.id)
-        if due is None:
+        """Time left by the server's clock (kept while paused); None once not pending."""
+        found = self._app.store.lookup(self.id)
+        if found.paused_left_ms is not None:
+            self.due_ms, self.paused_left_ms = -1, found.paused_left_ms
+            return dt.timedelta(milliseconds=found.paused_left_ms)
+        if found.due_ms is None:
             return None
-        self.due_ms = due
-        return dt.timedelta(milliseconds=max(0, due - now))
+        self.due_ms, self.paused_left_ms = found.due_ms, None
+        return dt.timedelta(milliseconds=max(0, found.due_ms - found.now_ms))
+
+    def _apply(self, operation: str, ms: int = 0) -> bool:
+        result: Controlled = self._app.store.control(self.id, operation, ms)
+        if result.status == -1:
+            raise TimerPaused(f"timer {self.id!r} is paused: resume() it before {operation}")
+        if result.status == 1:
+            if operation == "pause":
+                self.due_ms, self.paused_left_ms = -1, result.due_ms
+            else:
+                self.due_ms, self.paused_left_ms = result.due_ms, None
+        return result.status == 1
 
     def reschedule(self, *, delay: Delay | None = None, at: dt.datetime | None = None) -> bool:
-        """Move the deadline (earlier or later). False if the timer is no longer pending."""
+        """Move the deadline, earlier or later. False if the timer is no longer pending."""
         if delay is None and at is None:
             raise ValueError("reschedule needs delay= or at=")
-        due = self._app.store.reschedule(self.id, resolve_when(delay, at, 0.0))
-        if due is None:
-            return False
-        self.due_ms = due
-        return True
+        when = resolve_when(delay, at, 0.0)
+        return self._apply(when.mode, when.ms)
+
+    def restart(self) -> bool:
+        """Arm the timer again for the duration it was last armed with, counted from now."""
+        fallback = max(0, self.due_ms - self.payload.created_ms) if self.due_ms > 0 else 0
+        return self._apply("restart", fallback)
+
+    def extend(self, by: Delay) -> bool:
+        """Push the deadline later by ``by`` (seconds or timedelta)."""
+        return self._apply("extend", round(delay_seconds(by, name="by") * 1000))
+
+    def pause(self) -> bool:
+        """Stop the countdown, keeping the time left. True if it was running, False if not
+        pending; pausing a paused timer changes nothing and returns True."""
+        result = self._app.store.control(self.id, "pause")
+        if result.status in (1, -1):
+            if result.status == 1:
+                self.due_ms, self.paused_left_ms = -1, result.due_ms
+            return True
+        return False
+
+    def resume(self) -> bool:
+        """Restart the countdown with the time left when paused. False if not paused."""
+        result = self._app.store.control(self.id, "resume")
+        if result.status == 1:
+            self.due_ms, self.paused_left_ms = result.due_ms, None
+        return result.status == 1
 
     def cancel(self) -> bool:
-        """Disarm the timer: it will never fire. True if it was pending."""
+        """Disarm the timer: it will never fire. True if it was pending (or paused)."""
         return self._app.store.cancel(self.id)

@@ -10,6 +10,7 @@ def test_all_is_pinned() -> None:
         [
             "ConfigurationError",
             "DeadLetter",
+            "Debounced",
             "Delayq",
             "DelayqError",
             "EmbeddedServer",
@@ -21,6 +22,8 @@ def test_all_is_pinned() -> None:
             "ScheduleRequest",
             "Task",
             "Timer",
+            "TimerPaused",
+            "Touch",
             "UnknownTask",
             "Worker",
             "WorkerSettings",

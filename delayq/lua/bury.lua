@@ -12,6 +12,7 @@
 -- ARGV[6]  reason (one line)
 -- ARGV[7]  traceback ("" if none)
 -- ARGV[8]  approximate maximum length of the dead-letter stream
+-- ARGV[9]  touches of a debounced timer (payload="all"), "" if none
 --
 -- Returns the dead-letter entry id, or false when this delivery no longer holds the entry.
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
@@ -20,4 +21,4 @@ end
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
-  'i', ARGV[3], 'p', ARGV[4], 't', ARGV[5], 'r', ARGV[6], 'tb', ARGV[7])
+  'i', ARGV[3], 'p', ARGV[4], 't', ARGV[5], 'r', ARGV[6], 'tb', ARGV[7], 'a', ARGV[9])

@@ -1,14 +1,18 @@
--- cancel.lua: disarm a pending timer so that it never fires.
+-- cancel.lua: disarm a pending (or paused) timer so that it never fires.
 --
 -- KEYS[1]  shadow key
 -- KEYS[2]  data key
--- KEYS[3]  due index
+-- KEYS[3]  items list
+-- KEYS[4]  due index
+-- KEYS[5]  paused hash
+-- KEYS[6]  first-touch hash
 -- ARGV[1]  timer id
 --
--- Returns 1 if a pending timer was cancelled, 0 if none was pending (never existed, already
--- fired, or running: a running job is not touched).
-if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  return 1
-end
-return 0
+-- Returns 1 if a pending or paused timer was cancelled, 0 if there was none (never existed,
+-- already fired, or cancelled before). A job already running is not touched.
+local indexed = redis.call('ZREM', KEYS[4], ARGV[1])
+local paused = redis.call('HDEL', KEYS[5], ARGV[1])
+if indexed + paused == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('HDEL', KEYS[6], ARGV[1])
+return 1

@@ -6,10 +6,14 @@
 -- KEYS[1]          due index (sorted set of timer id -> due ms)
 -- KEYS[2]          ready stream (fired jobs)
 -- KEYS[3]          stats hash (counters)
--- KEYS[4 + 2i]     shadow key of the i-th timer (i from 0)
--- KEYS[5 + 2i]     data key of the i-th timer
+-- KEYS[4]          first-touch hash (debounced timers with max_wait)
+-- KEYS[5 + 3i]     shadow key of the i-th timer (i from 0)
+-- KEYS[6 + 3i]     data key of the i-th timer
+-- KEYS[7 + 3i]     items list of the i-th timer (debounced, payload="all")
 -- ARGV[i + 1]      id of the i-th timer
 --
+-- Stream entry fields: i = timer id, p = payload, d = due ms, a = the items (concatenated
+-- msgpack objects, oldest first; only when the items list exists).
 -- Returns {now_ms, fired, next_due_ms or -1, orphans}
 --   fired:   timers moved to the ready stream by this call
 --   orphans: index entries without data, removed (counted in stats as repaired_index)
@@ -21,13 +25,22 @@ for i = 1, #ARGV do
   local id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= now then
-    local shadow, data = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+    local base = 2 + 3 * i
+    local shadow, data, list = KEYS[base], KEYS[base + 1], KEYS[base + 2]
     redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[4], id)
     redis.call('DEL', shadow)
     local payload = redis.call('GET', data)
     if payload then
       redis.call('DEL', data)
-      redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score)
+      local items = redis.call('LRANGE', list, 0, -1)
+      if #items > 0 then
+        redis.call('DEL', list)
+        redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score,
+          'a', table.concat(items))
+      else
+        redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score)
+      end
       fired = fired + 1
     else
       orphans = orphans + 1

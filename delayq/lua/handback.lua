@@ -8,10 +8,14 @@
 -- ARGV[3]  timer id
 -- ARGV[4]  payload
 -- ARGV[5]  due time (ms)
+-- ARGV[6]  touches of a debounced timer (payload="all"), "" if none
 --
 -- Returns the new entry id, or false when this delivery no longer holds the entry.
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return false
 end
 redis.call('XDEL', KEYS[1], ARGV[2])
+if ARGV[6] ~= '' then
+  return redis.call('XADD', KEYS[1], '*', 'i', ARGV[3], 'p', ARGV[4], 'd', ARGV[5], 'a', ARGV[6])
+end
 return redis.call('XADD', KEYS[1], '*', 'i', ARGV[3], 'p', ARGV[4], 'd', ARGV[5])

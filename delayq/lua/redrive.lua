@@ -4,10 +4,12 @@
 -- KEYS[2]  shadow key
 -- KEYS[3]  data key
 -- KEYS[4]  due index
+-- KEYS[5]  items list
 -- ARGV[1]  dead-letter entry id
 -- ARGV[2]  timer id
 -- ARGV[3]  payload (attempt reset)
 -- ARGV[4]  wake channel
+-- ARGV[5]  touches of a debounced timer (payload="all"), "" if none
 --
 -- Returns 1 when re-armed, 0 when the entry is gone, -1 when a timer with this id is pending
 -- or running (the dead letter is then left in place).
@@ -16,8 +18,12 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], '1', 'PX', 1)
+redis.call('SET', KEYS[2], 1, 'PX', 1)
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], now, ARGV[2])
+if ARGV[5] ~= '' then
+  redis.call('DEL', KEYS[5])
+  redis.call('RPUSH', KEYS[5], ARGV[5])
+end
 redis.call('PUBLISH', ARGV[4], now)
 return 1

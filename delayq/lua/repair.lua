@@ -1,10 +1,12 @@
 -- repair.lua: re-index a data key that the sweeper found without a due-index entry.
--- (Data keys exist only for pending timers: firing moves the payload into the ready stream.)
+-- (Data keys exist only for pending or paused timers: firing moves the payload into the
+-- ready stream.)
 --
 -- KEYS[1]  shadow key
 -- KEYS[2]  data key
 -- KEYS[3]  due index
 -- KEYS[4]  stats hash
+-- KEYS[5]  paused hash
 -- ARGV[1]  timer id
 --
 -- The timer is re-indexed at its shadow key's deadline, or due now if the shadow key is gone
@@ -12,6 +14,7 @@
 -- Returns 1 if it was repaired, 0 if nothing was wrong (any more).
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local left = redis.call('PTTL', KEYS[1])

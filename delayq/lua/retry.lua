@@ -9,6 +9,8 @@
 -- KEYS[5]  stats hash
 -- KEYS[6]  shadow key of the fallback id
 -- KEYS[7]  data key of the fallback id
+-- KEYS[8]  items list of the timer id
+-- KEYS[9]  items list of the fallback id
 -- ARGV[1]  consumer group name
 -- ARGV[2]  ready-stream entry id of the failed delivery
 -- ARGV[3]  timer id
@@ -17,15 +19,20 @@
 -- ARGV[6]  wake channel
 -- ARGV[7]  fallback id, used when a new timer with the same id is already pending (e.g. the
 --          next cycle of a debounced timer): the retry must not replace it
+-- ARGV[8]  touches of a debounced timer (payload="all"), "" if none: kept for the retry
 --
 -- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
 if redis.call('XACK', KEYS[4], ARGV[1], ARGV[2]) == 0 then
   return {-1, ''}
 end
 redis.call('XDEL', KEYS[4], ARGV[2])
-local id, shadow, data = ARGV[3], KEYS[1], KEYS[2]
+local id, shadow, data, list = ARGV[3], KEYS[1], KEYS[2], KEYS[8]
 if redis.call('EXISTS', data) == 1 then
-  id, shadow, data = ARGV[7], KEYS[6], KEYS[7]
+  id, shadow, data, list = ARGV[7], KEYS[6], KEYS[7], KEYS[9]
+end
+if ARGV[8] ~= '' then
+  redis.call('DEL', list)
+  redis.call('RPUSH', list, ARGV[8])
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -33,7 +40,7 @@ local delay = tonumber(ARGV[5])
 if delay < 1 then delay = 1 end
 local due = now + delay
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-redis.call('SET', shadow, '1', 'PX', delay)
+redis.call('SET', shadow, delay, 'PX', delay)
 redis.call('SET', data, ARGV[4])
 redis.call('ZADD', KEYS[3], due, id)
 redis.call('HINCRBY', KEYS[5], 'retried', 1)

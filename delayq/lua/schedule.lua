@@ -1,8 +1,9 @@
 -- schedule.lua: arm one timer (shadow key + data key + due-index entry), atomically.
 --
--- KEYS[1]  shadow key        string "1" with PX = time left until the deadline
+-- KEYS[1]  shadow key        value = the armed duration in ms (for restart), PX = time left
 -- KEYS[2]  data key          the msgpack payload
 -- KEYS[3]  due index         sorted set, member = timer id, score = due time (ms, server clock)
+-- KEYS[4]  paused hash       timer id -> "remaining_ms:duration_ms" of paused timers
 -- ARGV[1]  timer id
 -- ARGV[2]  payload (msgpack bytes)
 -- ARGV[3]  "delay" (ARGV[4] is ms from now) or "at" (ARGV[4] is a unix time in ms)
@@ -11,8 +12,8 @@
 -- ARGV[6]  wake channel: published to when this timer becomes the earliest pending one
 --
 -- Returns {created, due_ms, now_ms, stored_payload}
---   created = 1 when armed now; 0 when a timer with this id was already pending,
---   in which case due_ms is its deadline and stored_payload its payload.
+--   created = 1 when armed now; 0 when a timer with this id was already pending (or paused:
+--   due_ms is then -1), in which case stored_payload is its payload.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -34,9 +35,10 @@ local ttl = due - now
 if ttl < 1 then ttl = 1 end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[1], '1', 'PX', ttl)
+redis.call('SET', KEYS[1], ttl, 'PX', ttl)
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], due, ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 if first[2] == nil or due < tonumber(first[2]) then
   redis.call('PUBLISH', ARGV[6], due)
 end

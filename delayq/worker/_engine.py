@@ -23,6 +23,7 @@ class Delivery:
     timer_id: str
     raw: bytes
     due_ms: int
+    items: bytes | None = None  # debounced payload="all": the touches, concatenated msgpack
 
     @property
     def fired_ms(self) -> int:
@@ -44,6 +45,7 @@ def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
         timer_id=fields.get(b"i", b"").decode("utf-8", "replace"),
         raw=fields.get(b"p", b""),
         due_ms=int(float(due)) if due else 0,
+        items=fields.get(b"a"),
     )
 
 
@@ -78,9 +80,9 @@ class Engine:
 
     async def fire(self, ids: list[str]) -> FireResult:
         k = self.keys
-        keys = [k.index, k.ready, k.stats]
+        keys = [k.index, k.ready, k.stats, k.first_touch]
         for timer_id in ids:
-            keys += (k.shadow(timer_id), k.data(timer_id))
+            keys += (k.shadow(timer_id), k.data(timer_id), k.items(timer_id))
         now, fired, next_due, orphans = await self.scripts["fire"](keys=keys, args=ids)
         return FireResult(int(now), int(fired), None if next_due < 0 else int(next_due), orphans)
 
@@ -135,10 +137,19 @@ class Engine:
         """Re-arm a failed job; None if this delivery no longer held its entry."""
         k = self.keys
         fallback = k.retry_id(d.timer_id, d.entry_id)
-        keys = [k.shadow(d.timer_id), k.data(d.timer_id), k.index, k.ready, k.stats,
-                k.shadow(fallback), k.data(fallback)]  # fmt: skip
+        keys = [
+            k.shadow(d.timer_id),
+            k.data(d.timer_id),
+            k.index,
+            k.ready,
+            k.stats,
+            k.shadow(fallback),
+            k.data(fallback),
+            k.items(d.timer_id),
+            k.items(fallback),
+        ]
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, payload, max(1, round(delay_s * 1000)),
-                k.wake_channel, fallback]  # fmt: skip
+                k.wake_channel, fallback, d.items or b""]  # fmt: skip
         due, _armed_id = await self.scripts["retry"](keys=keys, args=args)
         return None if int(due) < 0 else int(due)
 
@@ -147,12 +158,13 @@ class Engine:
     ) -> str | None:
         k = self.keys
         keys = [k.ready, k.dead, k.stats]
-        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, task, reason, traceback, maxlen]
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, task, reason, traceback, maxlen,
+                           d.items or b""]  # fmt: skip
         entry = await self.scripts["bury"](keys=keys, args=args)
         return entry.decode() if entry else None
 
     async def handback(self, d: Delivery) -> bool:
-        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms]
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms, d.items or b""]
         return bool(await self.scripts["handback"](keys=[self.keys.ready], args=args))
 
     # -- sweeping -----------------------------------------------------------------------------
@@ -173,7 +185,7 @@ class Engine:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         for timer_id in ids:
-            keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.stats]
+            keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.stats, k.paused]
             await self.scripts["repair"](keys=keys, args=[timer_id], client=pipe)
         return sum(int(r) for r in await pipe.execute())
 

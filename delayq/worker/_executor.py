@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from delayq._codec import Payload, decode_payload, reencode
+from delayq._codec import Payload, decode_payload, decode_touches, reencode
+from delayq._debounce import Debounced
 from delayq._errors import PayloadError
 from delayq._task import Task
 from delayq.worker._engine import Delivery, Engine, local_ms
@@ -145,8 +146,15 @@ class Executor:
         if task is None:
             await self._bury(d, payload.task, f"unknown task {payload.task!r}", "")
             return
+        args = payload.args
+        if isinstance(task, Debounced) and task.debounce.payload == "all":
+            try:
+                args = (decode_touches(d.items or b""),)
+            except PayloadError as exc:
+                await self._bury(d, task.name, f"undecodable touches: {exc}", "")
+                return
         try:
-            await self._call(task, payload)
+            await self._call(task, args, payload.kwargs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -156,11 +164,13 @@ class Executor:
         self.to_ack.append(d)
         self.ack_ready.set()
 
-    async def _call(self, task: Task[Any, Any], payload: Payload) -> None:
+    async def _call(
+        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         if task.is_async:
-            await task.call_async(payload.args, payload.kwargs)
+            await task.call_async(args, kwargs)
         else:
-            call = functools.partial(task.call_sync, payload.args, payload.kwargs)
+            call = functools.partial(task.call_sync, args, kwargs)
             await asyncio.get_running_loop().run_in_executor(self.pool, call)
 
     async def _failed(

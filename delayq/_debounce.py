@@ -1,0 +1,123 @@
+"""Debounced tasks: one timer per key, re-armed by every touch, fired after the last one."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+
+from delayq._codec import encode_payload, encode_touch
+from delayq._errors import ConfigurationError, ScheduleError
+from delayq._keys import check_timer_id
+from delayq._store import TouchRequest
+from delayq._task import Task, TaskOptions
+from delayq._timer import Timer
+from delayq._when import Delay, delay_seconds
+
+if TYPE_CHECKING:
+    from delayq._app import Delayq
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PayloadMode = Literal["last", "first", "all"]
+KeySpec = str | Callable[..., str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DebounceOptions:
+    """How a debounced task's timers behave (validated when the task is declared)."""
+
+    window_ms: int
+    key: KeySpec = None
+    payload: PayloadMode = "last"
+    max_items: int = 100
+    max_wait_ms: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        seconds: Delay,
+        key: KeySpec,
+        payload: str,
+        max_items: int,
+        max_wait: Delay | None,
+    ) -> DebounceOptions:
+        window = round(delay_seconds(seconds, name="seconds") * 1000)
+        if window <= 0:
+            raise ConfigurationError("a debounced task needs seconds > 0")
+        if payload not in ("last", "first", "all"):
+            raise ConfigurationError(f"payload must be 'last', 'first' or 'all', not {payload!r}")
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise ConfigurationError(f"max_items must be an integer >= 1, got {max_items!r}")
+        if key is not None and not (isinstance(key, str) or callable(key)):
+            raise ConfigurationError("key must be a format string or a callable")
+        wait = 0 if max_wait is None else round(delay_seconds(max_wait, name="max_wait") * 1000)
+        if max_wait is not None and wait < window:
+            raise ConfigurationError("max_wait must be at least the debounce window (seconds)")
+        return cls(window, key, payload, max_items, wait)  # type: ignore[arg-type]
+
+
+class Debounced(Task[P, R]):
+    """A task fired once, ``seconds`` after the last ``touch`` of its key.
+
+    With ``payload="all"`` the handler is called with one argument: the list of
+    :class:`~delayq.Touch` (args, kwargs, time) of every touch of the cycle, oldest first.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        options: TaskOptions,
+        app_ref: Callable[[], Delayq],
+        debounce: DebounceOptions,
+    ) -> None:
+        super().__init__(fn, options, app_ref)
+        self.debounce = debounce
+        self._signature = inspect.signature(fn)
+
+    def key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The timer id that a touch with these arguments re-arms."""
+        spec = self.debounce.key
+        if spec is None:
+            return check_timer_id(self.name)
+        if callable(spec):
+            return check_timer_id(str(spec(*args, **kwargs)))
+        named = dict(kwargs)
+        if self.debounce.payload != "all":
+            try:
+                bound = self._signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise ScheduleError(f"touch of {self.name!r}: {exc}") from None
+            bound.apply_defaults()
+            named = dict(bound.arguments)
+        try:
+            return check_timer_id(spec.format(*args, **named))
+        except (KeyError, IndexError) as exc:
+            raise ScheduleError(f"key {spec!r} needs the argument {exc}") from None
+
+    def prepare_touch(self, *args: Any, **kwargs: Any) -> TouchRequest:
+        """Validate and serialize a touch without storing it (for ``Delayq.touch_many``)."""
+        timer_id = self.key_for(args, kwargs)
+        limit = self.app.max_payload_bytes
+        now_ms = int(time.time() * 1000)
+        opts = self.debounce
+        if opts.payload == "all":
+            payload = encode_payload(self.name, (), {}, attempt=0, created_ms=now_ms,
+                                     max_bytes=limit)  # fmt: skip
+            item = encode_touch(args, kwargs, touched_ms=now_ms, max_bytes=limit)
+        else:
+            payload = encode_payload(self.name, args, kwargs, attempt=0, created_ms=now_ms,
+                                     max_bytes=limit)  # fmt: skip
+            item = b""
+        return TouchRequest(
+            timer_id, payload, opts.window_ms, opts.payload, opts.max_items, opts.max_wait_ms,
+            item,
+        )  # fmt: skip
+
+    def touch(self, *args: Any, **kwargs: Any) -> Timer:
+        """Arm this key's timer, or re-arm it: it fires ``seconds`` after the last touch."""
+        return self.app.touch(self.prepare_touch(*args, **kwargs))

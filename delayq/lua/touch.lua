@@ -1,0 +1,60 @@
+-- touch.lua: arm a debounced timer, or re-arm it if its cycle is still pending: it fires
+-- `seconds` after the last touch (at most `max_wait` after the first touch of the cycle).
+-- A cycle is pending while its due-index entry exists; once fired (entry removed by
+-- fire.lua), the next touch starts a new cycle. So a touch racing the firing either lands
+-- in the pending cycle or arms the next one: never lost, never fired twice.
+--
+-- KEYS[1]  shadow key        value = `seconds` in ms, PX = time left
+-- KEYS[2]  data key          the payload ("last": newest touch, "first": first touch,
+--                            "all": the call's task, the touches are in KEYS[3])
+-- KEYS[3]  items list        "all" only: one msgpack item per touch, newest last
+-- KEYS[4]  due index
+-- KEYS[5]  first-touch hash  timer id -> first touch of the cycle, ms (max_wait only)
+-- KEYS[6]  paused hash       a paused cycle is resumed by a touch
+-- ARGV[1]  timer id
+-- ARGV[2]  payload
+-- ARGV[3]  debounce window, ms
+-- ARGV[4]  mode: "last", "first" or "all"
+-- ARGV[5]  max items kept ("all"), the newest
+-- ARGV[6]  max wait, ms (0: none)
+-- ARGV[7]  wake channel
+-- ARGV[8]  item for this touch ("all"; "" otherwise)
+--
+-- Returns {new_cycle, due_ms, now_ms, items}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id, mode = ARGV[1], ARGV[4]
+local window, max_wait = tonumber(ARGV[3]), tonumber(ARGV[6])
+
+local pending = redis.call('ZSCORE', KEYS[4], id) or redis.call('HEXISTS', KEYS[6], id) == 1
+local due = now + window
+local items = 0
+if pending then
+  if max_wait > 0 then
+    local first = tonumber(redis.call('HGET', KEYS[5], id) or now)
+    if due > first + max_wait then due = first + max_wait end
+  end
+  if mode == 'last' then redis.call('SET', KEYS[2], ARGV[2]) end
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[3])
+  if max_wait > 0 then redis.call('HSET', KEYS[5], id, now) end
+end
+if mode == 'all' then
+  items = redis.call('RPUSH', KEYS[3], ARGV[8])
+  local keep = tonumber(ARGV[5])
+  if items > keep then
+    redis.call('LTRIM', KEYS[3], -keep, -1)
+    items = keep
+  end
+end
+local ttl = due - now
+if ttl < 1 then ttl = 1 end
+local head = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+redis.call('SET', KEYS[1], window, 'PX', ttl)
+redis.call('ZADD', KEYS[4], due, id)
+redis.call('HDEL', KEYS[6], id)
+if head[2] == nil or due < tonumber(head[2]) then
+  redis.call('PUBLISH', ARGV[7], due)
+end
+return {pending and 0 or 1, due, now, items}

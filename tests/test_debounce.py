@@ -1,0 +1,214 @@
+"""Debounced timers: one firing per key, after the last touch; max_wait; payload modes; races."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from delayq import ConfigurationError, Delayq, ScheduleError, Touch
+from tests.conftest import WorkerThread, wait_until
+
+
+def test_10000_keys_touched_20_times_fire_once_after_last_touch(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    fired: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    lock = threading.Lock()
+
+    @app.debounced(seconds=2.0, key="device:{device_id}")
+    def offline(device_id: str, seq: int) -> None:
+        with lock:
+            fired[device_id].append((seq, time.time()))
+
+    start_worker(app)
+    keys = [f"dev-{i}" for i in range(10_000)]
+    last_touch: dict[str, float] = {}
+    rng = random.Random(7)
+    for seq in range(20):
+        order = keys[:]
+        rng.shuffle(order)
+        sent = time.time()
+        app.touch_many([offline.prepare_touch(k, seq=seq) for k in order], chunk=2000)
+        for k in order:
+            last_touch[k] = sent
+    wait_until(lambda: len(fired) == 10_000, timeout=90)
+    time.sleep(0.5)  # a second firing of any key would show up now
+    assert all(len(runs) == 1 for runs in fired.values()), "a key fired twice"
+    for key, [(seq, at)] in fired.items():
+        assert seq == 19, "payload='last' keeps the newest arguments"
+        assert at >= last_touch[key] + 2.0 - 0.05, f"{key} fired before last touch + window"
+    assert app.pending_count() == 0
+
+
+def test_touch_returns_timer_and_first_payload(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    got: list[Any] = []
+
+    @app.debounced(seconds=0.5, key="k:{name}", payload="first")
+    def keep_first(name: str, value: int) -> None:
+        got.append(value)
+
+    first = keep_first.touch("a", 1)
+    second = keep_first.touch("a", 2)
+    assert first.id == "k:a" and first.created and not second.created
+    assert second.due_ms >= first.due_ms
+    timer = app.timer("k:a")
+    assert timer is not None and timer.payload.args == ("a", 1)
+    start_worker(app)
+    wait_until(lambda: got)
+    assert got == [1]
+
+
+def test_max_wait_fires_despite_constant_touches(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    fired: list[float] = []
+
+    @app.debounced(seconds=1.0, key="busy", max_wait=1.5)
+    def busy(n: int) -> None:
+        fired.append(time.time())
+
+    start_worker(app)
+    start = time.time()
+    n = 0
+    while time.time() - start < 4.0:
+        busy.touch(n)
+        n += 1
+        time.sleep(0.1)  # a producer touching every 100 ms, never quiet for the 1 s window
+    wait_until(lambda: len(fired) >= 3, timeout=10)
+    # Cycles are capped at 1.5 s after their first touch: the first fires ~1.5 s in.
+    assert 1.4 <= fired[0] - start <= 2.5, fired[0] - start
+    assert 1.4 <= fired[1] - fired[0] <= 2.5
+
+
+def test_payload_all_keeps_order_and_cap(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    digests: list[list[Touch]] = []
+
+    @app.debounced(seconds=0.5, key="post:{post_id}", payload="all", max_items=5)
+    def digest(touches: list[Touch]) -> None:
+        digests.append(touches)
+
+    for i in range(8):
+        digest.touch(post_id=1, comment=f"c{i}")
+    start_worker(app)
+    wait_until(lambda: digests)
+    (touches,) = digests
+    assert [t.kwargs["comment"] for t in touches] == ["c3", "c4", "c5", "c6", "c7"]
+    assert all(t.kwargs["post_id"] == 1 for t in touches)
+    assert touches[0].touched_at <= touches[-1].touched_at
+
+
+def test_touch_racing_the_firing_is_never_lost_nor_doubled(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """Touches keep arriving across many firings: each lands in exactly one firing."""
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    @app.debounced(seconds=0.05, key="race", payload="all", max_items=10_000)
+    def collect(touches: list[Touch]) -> None:
+        with lock:
+            seen.extend(t.args[0] for t in touches)
+
+    start_worker(app)
+    start_worker(app)
+    total = 0
+    deadline = time.time() + 4
+    rng = random.Random(3)
+    while time.time() < deadline:
+        collect.touch(total)
+        total += 1
+        time.sleep(rng.choice([0.0, 0.01, 0.04, 0.05, 0.06]))  # around the window's edge
+    wait_until(lambda: len(seen) >= total, timeout=15)
+    time.sleep(0.3)
+    assert sorted(seen) == list(range(total)), "a touch was lost or delivered twice"
+
+
+def test_pause_resume_restart_extend(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    ran: list[str] = []
+
+    @app.task
+    def note(tag: str) -> None:
+        ran.append(tag)
+
+    start_worker(app)
+    paused = note.schedule("paused", delay=0.6)
+    assert paused.pause() is True
+    assert paused.paused and paused.pause() is True  # pausing twice changes nothing
+    left = paused.remaining()
+    assert left is not None and 0.3 < left.total_seconds() <= 0.6
+    control = note.schedule("control", delay=1.0)
+    wait_until(lambda: ran == ["control"], timeout=10)  # the paused one did not fire
+    assert app.timer(paused.id) is not None and app.timer(paused.id).paused  # type: ignore[union-attr]
+    assert paused.resume() is True and paused.resume() is False
+    resumed_at = time.time()
+    wait_until(lambda: "paused" in ran, timeout=10)
+    assert time.time() - resumed_at >= 0.25
+
+    restarted = note.schedule("restarted", delay=1.0)
+    time.sleep(0.5)  # half the duration passes
+    assert restarted.restart() is True
+    remaining = restarted.remaining()
+    assert remaining is not None and remaining.total_seconds() > 0.9  # the full second again
+    extended = note.schedule("extended", delay=0.5)
+    assert extended.extend(by=2) is True
+    remaining = extended.remaining()
+    assert remaining is not None and remaining.total_seconds() > 2.0
+    wait_until(lambda: "restarted" in ran and "extended" in ran, timeout=15)
+    assert control.restart() is False and control.extend(1) is False
+    assert control.pause() is False and control.resume() is False
+
+
+def test_paused_timer_survives_the_sweeper(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    ran: list[str] = []
+
+    @app.task
+    def note(tag: str) -> None:
+        ran.append(tag)
+
+    timer = note.schedule("p", delay=0.2)
+    timer.pause()
+    runner = start_worker(app)
+    wait_until(lambda: runner.worker.sweep_counters.sweeps >= 2, timeout=10)
+    assert ran == [] and app.stats().get("repaired_data", 0) == 0
+    assert timer.cancel() is True
+    assert app.timer(timer.id) is None
+
+
+def test_debounce_declaration_errors(app: Delayq) -> None:
+    with pytest.raises(ConfigurationError, match="payload"):
+        app.debounced(seconds=1, payload="most")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="max_wait"):
+        app.debounced(seconds=10, max_wait=5)
+    with pytest.raises(ConfigurationError, match="seconds"):
+        app.debounced(seconds=0)
+
+    @app.debounced(seconds=1, key="device:{device_id}")
+    def needs_key(device: str) -> None: ...
+
+    with pytest.raises(ScheduleError, match="device_id"):
+        needs_key.touch("x")
+
+
+def test_callable_key_and_cancel(app: Delayq) -> None:
+    @app.debounced(seconds=60, key=lambda user, **_: f"user:{user.lower()}")
+    def remind(user: str, note: str = "") -> None: ...
+
+    timer = remind.touch("ALICE", note="hi")
+    assert timer.id == "user:alice"
+    assert remind.touch("alice").created is False
+    assert timer.cancel() is True
+    assert remind.touch("alice").created is True
