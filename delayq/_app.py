@@ -12,10 +12,18 @@ import redis
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._errors import ConfigurationError
 from delayq._keys import Keys, check_timer_id
-from delayq._store import Armed, DeadLetter, ScheduleRequest, TimerStore, Touched, TouchRequest
+from delayq._store import (
+    Armed,
+    DeadLetter,
+    ScheduleRequest,
+    TimerStore,
+    Touched,
+    TouchRequest,
+    try_decode,
+)
 from delayq._task import RetryPolicy, Task, TaskOptions, default_task_name
 from delayq._timer import Timer
-from delayq._when import Delay, delay_seconds
+from delayq._when import Delay, delay_seconds, resolve_when
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -315,6 +323,21 @@ class Delayq:
         timer = self.timer(timer_id)
         return timer is not None and timer.reschedule(delay=delay, at=at)
 
+    def timers(
+        self, *, limit: int = 100, task: str | None = None, due_before: dt.datetime | None = None
+    ) -> list[Timer]:
+        """Pending timers, earliest first (then paused ones), optionally of one task only."""
+        before = None if due_before is None else resolve_when(None, due_before, 0).ms
+        timers = []
+        for found in self.store.pending(limit=limit, due_before_ms=before):
+            timer = Timer(self, found.timer_id, due_ms=found.due_ms if found.due_ms is not None
+                          else -1, raw_payload=found.raw_payload, created=False)  # fmt: skip
+            if found.due_ms is None:
+                timer.paused_left_ms = self.store.lookup(found.timer_id).paused_left_ms
+            if task is None or try_decode_task(found.raw_payload) == task:
+                timers.append(timer)
+        return timers
+
     def pending_count(self) -> int:
         return int(self.store.client.zcard(self.keys.index))
 
@@ -332,6 +355,11 @@ class Delayq:
 
     def purge_dead(self, entry_ids: list[str] | None = None) -> int:
         return self.store.purge_dead(entry_ids)
+
+
+def try_decode_task(raw: bytes) -> str | None:
+    payload = try_decode(raw)
+    return None if payload is None else payload.task
 
 
 def redact_url(url: str) -> str:

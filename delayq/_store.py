@@ -78,6 +78,13 @@ class Lookup:
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    timer_id: str
+    due_ms: int | None  # None: paused
+    raw_payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A job that failed for good, as stored in the dead-letter stream."""
 
@@ -185,6 +192,26 @@ class TimerStore:
         left = None if paused is None else int(paused.split(b":", 1)[0])
         due = None if score is None else int(score)
         return Lookup(due, raw, left, sec * 1000 + usec // 1000)
+
+    def pending(self, *, limit: int, due_before_ms: int | None = None) -> list[Listed]:
+        """Pending timers, earliest first, then paused ones; payloads fetched in one trip."""
+        top: Any = "+inf" if due_before_ms is None else f"({due_before_ms}"
+        rows: Any = self.client.zrangebyscore(
+            self.keys.index, "-inf", top, start=0, num=limit, withscores=True
+        )
+        found: list[tuple[str, int | None]] = [(m.decode(), int(score)) for m, score in rows]
+        if due_before_ms is None and len(found) < limit:
+            paused: dict[bytes, bytes] = self.client.hgetall(self.keys.paused)  # type: ignore[assignment]
+            found += [(member.decode(), None) for member in sorted(paused)][: limit - len(found)]
+        pipe = self.client.pipeline(transaction=False)
+        for timer_id, _due in found:
+            pipe.get(self.keys.data(timer_id))
+        raws = pipe.execute() if found else []
+        return [
+            Listed(timer_id, due, raw)
+            for (timer_id, due), raw in zip(found, raws, strict=True)
+            if raw is not None
+        ]
 
     def server_time_ms(self) -> int:
         sec, usec = self.client.time()

@@ -47,6 +47,10 @@ class Timer:
         return f"<Timer {self.id!r} {self.payload.task} due={state}>"
 
     @property
+    def raw_payload(self) -> bytes:
+        return self._raw
+
+    @property
     def paused(self) -> bool:
         return self.paused_left_ms is not None
 

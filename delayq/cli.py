@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
 import os
@@ -16,13 +17,17 @@ from redis.exceptions import RedisError
 
 from delayq._app import Delayq, redact_url
 from delayq._defaults import set_default_app
-from delayq._errors import DelayqError
+from delayq._errors import DelayqError, TimerPaused
 from delayq._server import EmbeddedServer
+from delayq._store import try_decode
+from delayq._timer import Timer
 from delayq.worker import Worker, WorkerSettings
 
 cli = typer.Typer(help="delayq: timers and delayed tasks on Redis/Valkey.", no_args_is_help=True)
 dead_cli = typer.Typer(help="Inspect and re-drive dead letters.", no_args_is_help=True)
 cli.add_typer(dead_cli, name="dead")
+timers_cli = typer.Typer(help="Inspect and change pending timers.", no_args_is_help=True)
+cli.add_typer(timers_cli, name="timers")
 
 AppOption = Annotated[
     str | None,
@@ -177,6 +182,115 @@ def dead_purge(
     app = resolve_app(app_spec, url, namespace)
     removed = app.purge_dead(entry_ids or None)
     typer.echo(f"purged {removed} dead letter(s) from {redact_url(app.url)}")
+
+
+def parse_instant(text: str) -> dt.datetime:
+    """An ISO 8601 time (UTC when no offset is given) or a delay from now: 90s, 15m, 2h, 3d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        instant = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither an ISO 8601 time nor a delay like 90s, 15m, 2h, 3d"
+        ) from None
+    return instant if instant.tzinfo else instant.replace(tzinfo=dt.UTC)
+
+
+def describe(timer: Timer) -> str:
+    payload = try_decode(timer.raw_payload)
+    task = payload.task if payload else "(undecodable payload)"
+    if timer.paused:
+        when = f"paused, {timer.paused_left_ms / 1000:.3f}s left"  # type: ignore[operator]
+    else:
+        when = f"{timer.due_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC"
+    return f"{timer.id!r}  {task}  {when}"
+
+
+@timers_cli.command("list")
+def timers_list(
+    app_spec: AppOption = None,
+    url: UrlOption = None,
+    namespace: NamespaceOption = None,
+    task: Annotated[str | None, typer.Option(help="only timers of this task")] = None,
+    due_before: Annotated[
+        str | None, typer.Option(help="only timers due before this (ISO time, or 15m, 2h...)")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="look at this many timers at most")] = 100,
+) -> None:
+    """List pending timers, earliest first (paused ones last)."""
+    app = resolve_app(app_spec, url, namespace)
+    before = parse_instant(due_before) if due_before else None
+    timers = app.timers(limit=limit, task=task, due_before=before)
+    for timer in timers:
+        typer.echo(describe(timer))
+    typer.echo(f"{len(timers)} timer(s) shown; {app.pending_count()} pending in all")
+
+
+def _one_timer(app: Delayq, timer_id: str) -> Timer:
+    timer = app.timer(timer_id)
+    if timer is None:
+        typer.echo(f"no pending timer {timer_id!r}", err=True)
+        raise typer.Exit(1)
+    return timer
+
+
+@timers_cli.command("show")
+def timers_show(
+    timer_id: Annotated[str, typer.Argument(help="the timer id")],
+    app_spec: AppOption = None,
+    url: UrlOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Show one timer: deadline, time left and payload."""
+    app = resolve_app(app_spec, url, namespace)
+    timer = _one_timer(app, timer_id)
+    typer.echo(describe(timer))
+    typer.echo(f"remaining: {timer.remaining()}")
+    payload = try_decode(timer.raw_payload)
+    if payload is not None:
+        typer.echo(f"args: {payload.args!r}")
+        typer.echo(f"kwargs: {payload.kwargs!r}")
+        typer.echo(
+            f"attempt: {payload.attempt}  created: {payload.created_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+
+
+@timers_cli.command("cancel")
+def timers_cancel(
+    timer_id: Annotated[str, typer.Argument(help="the timer id")],
+    app_spec: AppOption = None,
+    url: UrlOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Cancel a pending timer: it will never fire."""
+    app = resolve_app(app_spec, url, namespace)
+    if not app.cancel(timer_id):
+        typer.echo(f"no pending timer {timer_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"cancelled {timer_id!r}")
+
+
+@timers_cli.command("restart")
+def timers_restart(
+    timer_id: Annotated[str, typer.Argument(help="the timer id")],
+    app_spec: AppOption = None,
+    url: UrlOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Arm a pending timer again for its whole duration, from now."""
+    app = resolve_app(app_spec, url, namespace)
+    timer = _one_timer(app, timer_id)
+    try:
+        restarted = timer.restart()
+    except TimerPaused as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    if not restarted:
+        typer.echo(f"no pending timer {timer_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"restarted {describe(timer)}")
 
 
 def main() -> None:

@@ -143,3 +143,47 @@ def test_server_command_runs_until_interrupted(tmp_path: Path) -> None:
         assert proc.stdout is not None
         proc.stdout.close()
         proc.wait()
+
+
+def test_timers_commands(app: Delayq, server: EmbeddedServer) -> None:
+    @app.task
+    def remind(who: str) -> None: ...
+
+    @app.task
+    def other() -> None: ...
+
+    remind.schedule("ann", delay=60, id="r:ann")
+    remind.schedule("bob", delay=3600, id="r:bob")
+    other.schedule(delay=120, id="o:1")
+    paused = remind.schedule("cat", delay=600, id="r:cat")
+    paused.pause()
+    args = ["--url", server.url, "--namespace", app.namespace]
+
+    listed = runner.invoke(cli, ["timers", "list", *args])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert [line.split()[0] for line in lines[:4]] == ["'r:ann'", "'o:1'", "'r:bob'", "'r:cat'"]
+    assert "paused" in lines[3] and "4 timer(s) shown" in listed.output
+
+    only = runner.invoke(
+        cli, ["timers", "list", *args, "--task", remind.name, "--due-before", "30m"]
+    )
+    assert only.exit_code == 0 and only.output.count("remind") == 1 and "'r:ann'" in only.output
+    bad = runner.invoke(cli, ["timers", "list", *args, "--due-before", "soon"])
+    assert bad.exit_code != 0 and "neither an ISO 8601 time" in bad.output
+
+    shown = runner.invoke(cli, ["timers", "show", "r:ann", *args])
+    assert shown.exit_code == 0 and "args: ('ann',)" in shown.output
+
+    before = app.timer("r:ann")
+    assert before is not None
+    restarted = runner.invoke(cli, ["timers", "restart", "r:ann", *args])
+    assert restarted.exit_code == 0, restarted.output
+    after = app.timer("r:ann")
+    assert after is not None and after.due_ms >= before.due_ms
+    assert runner.invoke(cli, ["timers", "restart", "r:cat", *args]).exit_code == 1  # paused
+
+    cancelled = runner.invoke(cli, ["timers", "cancel", "r:bob", *args])
+    assert cancelled.exit_code == 0 and app.timer("r:bob") is None
+    missing = runner.invoke(cli, ["timers", "cancel", "r:bob", *args])
+    assert missing.exit_code == 1 and "no pending timer" in missing.output
