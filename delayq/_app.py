@@ -23,6 +23,7 @@ from delayq._store import (
 )
 from delayq._task import RetryPolicy, Task, TaskOptions, default_task_name
 from delayq._timer import Timer
+from delayq._watch import Watcher, WatchSpec
 from delayq._when import Delay, delay_seconds, resolve_when
 
 P = ParamSpec("P")
@@ -96,6 +97,7 @@ class Delayq:
         self.dead_letter_maxlen = dead_letter_maxlen
         self.redis_options = dict(redis_options or {})
         self.tasks = TaskRegistry()
+        self.watchers: dict[str, Watcher[Any, Any]] = {}
         self._store: TimerStore | None = None
 
     def __repr__(self) -> str:
@@ -260,6 +262,44 @@ class Delayq:
             task = Debounced(func, options, lambda: self, debounce)
             self.tasks.add(task)
             return task
+
+        return decorate
+
+    def on_expire(
+        self,
+        pattern: str,
+        *,
+        data: str | None = None,
+        delete_data: bool = False,
+        name: str | None = None,
+        retries: int = 3,
+        retry_backoff: Delay = 1.0,
+        retry_backoff_max: Delay = 3600.0,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[[Callable[P, R]], Watcher[P, R]]:
+        """React when a key matching ``pattern`` (one ``*``), written by any program, expires.
+
+        The handler is called as ``handler(key, suffix, data)``: the expired key, the part
+        that matched ``*``, and the value of the companion key ``data`` (a format string over
+        ``{suffix}`` and ``{key}``) read after the expiry, or None. With ``delete_data=True``
+        the companion key is deleted once the handler succeeded (unless rewritten meanwhile).
+        """
+        spec = WatchSpec(pattern, data, delete_data)
+
+        def decorate(func: Callable[P, R]) -> Watcher[P, R]:
+            options = build_options(
+                func,
+                name=name,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
+                retry_for=retry_for,
+                delay=None,
+            )
+            watcher = Watcher(func, options, lambda: self, spec)
+            self.tasks.add(watcher)
+            self.watchers[watcher.name] = watcher
+            return watcher
 
         return decorate
 

@@ -55,12 +55,20 @@ class Keys:
         self.shadow_prefix = prefix + "s:"
         self.data_prefix = prefix + "d:"
         self.items_prefix = prefix + "a:"
+        self.marker_prefix = prefix + "wx:"
 
     def shadow(self, timer_id: str) -> str:
         return self.shadow_prefix + timer_id
 
     def data(self, timer_id: str) -> str:
         return self.data_prefix + timer_id
+
+    def watch_marker(self, timer_id: str) -> str:
+        return self.marker_prefix + timer_id
+
+    @staticmethod
+    def keyspace_pattern(db: int, pattern: str) -> str:
+        return f"__keyspace@{db}__:{pattern}"
 
     def items(self, timer_id: str) -> str:
         return self.items_prefix + timer_id

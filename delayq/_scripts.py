@@ -21,6 +21,9 @@ NAMES = (
     "handback",
     "repair",
     "redrive",
+    "watch",
+    "fire_watch",
+    "forget",
 )
 
 

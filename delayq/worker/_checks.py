@@ -23,30 +23,43 @@ NEEDED_FLAGS_HELP = (
 )
 
 
-def has_expired_events(flags: str) -> bool:
-    return "E" in flags and ("x" in flags or "A" in flags)
+def missing_flags(flags: str, *, keyspace: bool) -> str:
+    """The notify-keyspace-events classes delayq needs that ``flags`` lacks ("" if none)."""
+    have = set(flags)
+    if "A" in have:
+        have |= set("g$lshzxetd")  # 'A' is an alias for every class of event
+    # E and x: the expired keyevents every worker needs. K with g and $: keyspace events of
+    # generic and string commands, telling when a watched key gets or loses a TTL.
+    wanted = ["E", "x"] + (["K", "g", "$"] if keyspace else [])
+    return "".join(flag for flag in wanted if flag not in have)
 
 
-async def ensure_notifications(client: AsyncClient, keys: Keys, *, configure: bool) -> None:
-    """Make sure expired keyevents are published; enable them if allowed, else fail clearly."""
+async def ensure_notifications(
+    client: AsyncClient, keys: Keys, *, configure: bool, keyspace: bool = False
+) -> None:
+    """Make sure the needed keyspace notifications are published; enable them if allowed."""
+    help_text = NEEDED_FLAGS_HELP + (
+        "; on_expire watchers also need 'K', 'g' and '$' (for example 'KEg$x')" if keyspace else ""
+    )
     try:
         config: dict[Any, Any] = await client.config_get("notify-keyspace-events")
     except ResponseError:
         # CONFIG is disabled (managed services): find out by experiment instead.
         if not await _probe_expired_event(client, keys):
-            raise ConfigurationError(NEEDED_FLAGS_HELP) from None
+            raise ConfigurationError(help_text) from None
         return
     flags = _text(config.get(b"notify-keyspace-events", config.get("notify-keyspace-events", "")))
-    if has_expired_events(flags):
+    missing = missing_flags(flags, keyspace=keyspace)
+    if not missing:
         return
     if not configure:
-        raise ConfigurationError(f"{NEEDED_FLAGS_HELP} (it is now {flags!r})")
-    wanted = "".join(sorted(set(flags) | {"E", "x"}))
+        raise ConfigurationError(f"{help_text} (it is now {flags!r})")
+    wanted = flags + missing
     try:
         await client.config_set("notify-keyspace-events", wanted)
     except ResponseError as exc:
         raise ConfigurationError(
-            f"{NEEDED_FLAGS_HELP} (it is now {flags!r}; CONFIG SET failed: {exc})"
+            f"{help_text} (it is now {flags!r}; CONFIG SET failed: {exc})"
         ) from None
     log.info("enabled keyspace notifications: notify-keyspace-events=%s", wanted)
 

@@ -11,6 +11,7 @@ from redis.exceptions import ResponseError
 
 from delayq._keys import GROUP, Keys
 from delayq._scripts import AsyncScripts
+from delayq._watch import MARKER_MS, WatchTarget
 
 AsyncClient = aredis.Redis
 
@@ -24,6 +25,7 @@ class Delivery:
     raw: bytes
     due_ms: int
     items: bytes | None = None  # debounced payload="all": the touches, concatenated msgpack
+    watched_data: bytes | None = None  # on_expire: the companion key's value
 
     @property
     def fired_ms(self) -> int:
@@ -46,6 +48,7 @@ def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
         raw=fields.get(b"p", b""),
         due_ms=int(float(due)) if due else 0,
         items=fields.get(b"a"),
+        watched_data=fields.get(b"w"),
     )
 
 
@@ -85,6 +88,47 @@ class Engine:
             keys += (k.shadow(timer_id), k.data(timer_id), k.items(timer_id))
         now, fired, next_due, orphans = await self.scripts["fire"](keys=keys, args=ids)
         return FireResult(int(now), int(fired), None if next_due < 0 else int(next_due), orphans)
+
+    async def watch(self, targets: list[WatchTarget]) -> None:
+        """Arm (or move) the watch timers of these keys from their TTLs (watch.lua)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for w in targets:
+            keys = [w.key, k.data(w.timer_id), k.index, k.watch_marker(w.timer_id)]
+            await self.scripts["watch"](keys=keys, args=[w.timer_id, w.payload, k.wake_channel],
+                                        client=pipe)  # fmt: skip
+        await pipe.execute()
+
+    async def fire_watch(self, targets: list[WatchTarget], *, expired: bool) -> FireResult:
+        k = self.keys
+        keys = [k.index, k.ready, k.stats]
+        for w in targets:
+            keys += (w.key, k.data(w.timer_id), w.companion or "", k.watch_marker(w.timer_id))
+        args: list[Any] = ["expired" if expired else "index", MARKER_MS, k.wake_channel]
+        args += [w.timer_id for w in targets]
+        args += [w.payload for w in targets]
+        now, fired, next_due = await self.scripts["fire_watch"](keys=keys, args=args)
+        return FireResult(int(now), int(fired), None if next_due < 0 else int(next_due), 0)
+
+    async def cancel(self, timer_id: str) -> bool:
+        k = self.keys
+        keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index, k.paused,
+                k.first_touch]  # fmt: skip
+        return bool(await self.scripts["cancel"](keys=keys, args=[timer_id]))
+
+    async def forget(self, companion: str, value: bytes) -> None:
+        await self.scripts["forget"](keys=[companion], args=[value])
+
+    async def scan_keys(self, cursor: int, pattern: str, count: int) -> tuple[int, list[str]]:
+        reply: Any = await self.client.scan(cursor, match=pattern, count=count)
+        cursor, names = reply
+        decoded = []
+        for name in names:
+            try:
+                decoded.append(name.decode())
+            except UnicodeDecodeError:
+                continue  # not a name delayq could have been asked to watch
+        return int(cursor), decoded
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -133,23 +177,18 @@ class Engine:
         pipe.xdel(self.keys.ready, *entries)
         await pipe.execute()
 
-    async def retry(self, d: Delivery, payload: bytes, delay_s: float) -> int | None:
-        """Re-arm a failed job; None if this delivery no longer held its entry."""
+    async def retry(
+        self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None
+    ) -> int | None:
+        """Re-arm a failed job (under ``timer_id`` if given, else its own id); None if this
+        delivery no longer held its entry."""
         k = self.keys
-        fallback = k.retry_id(d.timer_id, d.entry_id)
-        keys = [
-            k.shadow(d.timer_id),
-            k.data(d.timer_id),
-            k.index,
-            k.ready,
-            k.stats,
-            k.shadow(fallback),
-            k.data(fallback),
-            k.items(d.timer_id),
-            k.items(fallback),
-        ]
-        args: list[Any] = [GROUP, d.entry_id, d.timer_id, payload, max(1, round(delay_s * 1000)),
-                k.wake_channel, fallback, d.items or b""]  # fmt: skip
+        tid = timer_id or d.timer_id
+        fallback = k.retry_id(tid, d.entry_id)
+        keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
+                k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback)]  # fmt: skip
+        args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
+                           k.wake_channel, fallback, d.items or b""]  # fmt: skip
         due, _armed_id = await self.scripts["retry"](keys=keys, args=args)
         return None if int(due) < 0 else int(due)
 

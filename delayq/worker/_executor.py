@@ -19,6 +19,7 @@ from delayq._codec import Payload, decode_payload, decode_touches, reencode
 from delayq._debounce import Debounced
 from delayq._errors import PayloadError
 from delayq._task import Task
+from delayq._watch import Watcher
 from delayq.worker._engine import Delivery, Engine, local_ms
 from delayq.worker._loops import wait_any
 from delayq.worker._settings import WorkerSettings
@@ -153,13 +154,21 @@ class Executor:
             except PayloadError as exc:
                 await self._bury(d, task.name, f"undecodable touches: {exc}", "")
                 return
+        if isinstance(task, Watcher):
+            # A retry carries the companion data in its payload (it fires as a plain timer).
+            data = payload.args[2] if len(payload.args) > 2 else d.watched_data
+            args = (*payload.args[:2], data)
         try:
             await self._call(task, args, payload.kwargs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._failed(d, task, payload, exc)
+            await self._failed(d, task, payload, exc, args)
             return
+        if isinstance(task, Watcher) and task.spec.delete_data and args[2] is not None:
+            companion = task.spec.companion(args[0], args[1])
+            if companion:
+                await self.engine.forget(companion, args[2])
         self.counters.executed += 1
         self.to_ack.append(d)
         self.ack_ready.set()
@@ -174,12 +183,24 @@ class Executor:
             await asyncio.get_running_loop().run_in_executor(self.pool, call)
 
     async def _failed(
-        self, d: Delivery, task: Task[Any, Any], payload: Payload, exc: Exception
+        self,
+        d: Delivery,
+        task: Task[Any, Any],
+        payload: Payload,
+        exc: Exception,
+        args: tuple[Any, ...] = (),
     ) -> None:
         self.counters.failed += 1
         policy = task.options.retry
         if policy.should_retry(exc, payload.attempt):
             delay = policy.delay_for(payload.attempt)
+            retry_id = None
+            if isinstance(task, Watcher):
+                # Retry as a plain timer holding the companion data: a watch timer would be
+                # merged into the watched key's next life.
+                payload = Payload(payload.task, args, payload.kwargs, payload.attempt,
+                                  payload.created_ms)  # fmt: skip
+                retry_id = f"{d.timer_id.lstrip('~')}#retry-{d.entry_id}"
             try:
                 again = reencode(payload, attempt=payload.attempt + 1,
                                  max_bytes=self.max_payload_bytes)  # fmt: skip
@@ -189,7 +210,7 @@ class Executor:
             log.info("job %s (%s) failed: %r; retry %d/%d in %.2fs", d.timer_id, task.name,
                      exc, payload.attempt + 1, policy.retries, delay)  # fmt: skip
             self.counters.retried += 1
-            await self.engine.retry(d, again, delay)
+            await self.engine.retry(d, again, delay, timer_id=retry_id)
             return
         tb = "".join(traceback.format_exception(exc))
         why = "not retried" if payload.attempt < policy.retries else "retries exhausted"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
+from delayq._watch import WatchTarget, is_watch_id
 from delayq.worker._engine import Engine, FireResult, local_ms
 from delayq.worker._loops import wait_any
 
@@ -21,8 +23,16 @@ MAX_IDLE_WAIT = 5.0
 
 
 class Firing:
-    def __init__(self, engine: Engine, *, batch: int, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        batch: int,
+        stopping: asyncio.Event,
+        resolve_watch: Callable[[str], WatchTarget],
+    ) -> None:
         self.engine = engine
+        self.resolve_watch = resolve_watch
         self.batch = batch
         self.stopping = stopping
         self.wake = asyncio.Event()
@@ -57,11 +67,30 @@ class Firing:
             ids, first = await self.engine.due_ids(self.server_now_ms(), self.batch)
             if not ids:
                 return fired, first
-            result = await self.engine.fire(ids)
-            self._account(result)
+            result = await self.fire(ids)
             fired += result.fired
             if len(ids) < self.batch or result.fired == 0:
                 return fired, result.next_due_ms
+
+    async def fire(self, ids: list[str]) -> FireResult:
+        """Claim these timers: plain timers through fire.lua, watch timers fire_watch.lua."""
+        plain = [i for i in ids if not is_watch_id(i)]
+        watched = [self.resolve_watch(i) for i in ids if is_watch_id(i)]
+        result = None
+        if plain:
+            result = await self.engine.fire(plain)
+            self._account(result)
+        if watched:
+            watch_result = await self.engine.fire_watch(watched, expired=False)
+            self._account(watch_result)
+            if result is not None:
+                watch_result = FireResult(
+                    watch_result.now_ms, result.fired + watch_result.fired,
+                    watch_result.next_due_ms, result.orphans,
+                )  # fmt: skip
+            result = watch_result
+        assert result is not None
+        return result
 
     async def run_deadlines(self) -> None:
         """The deadline loop: fire, then sleep exactly until the next deadline or a nudge."""
@@ -89,7 +118,7 @@ class Firing:
             while self.hinted:
                 ids = [self.hinted.pop() for _ in range(min(self.batch, len(self.hinted)))]
                 try:
-                    self._account(await self.engine.fire(ids))
+                    await self.fire(ids)
                 except Exception:
                     self.hinted.update(ids)  # keep them for the next try
                     raise

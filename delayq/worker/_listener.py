@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +32,8 @@ class Listener:
         on_wake: Callable[[], None],
         on_connect: Callable[[], None],
         stopping: asyncio.Event,
+        watch_patterns: Sequence[str] = (),
+        on_keyspace: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -41,6 +43,9 @@ class Listener:
         self.on_wake = on_wake
         self.on_connect = on_connect
         self.stopping = stopping
+        self.keyspace_prefix = Keys.keyspace_pattern(db, "")
+        self.watch_patterns = [Keys.keyspace_pattern(db, p) for p in watch_patterns]
+        self.on_keyspace = on_keyspace
         self.connects = 0
         self.subscribed = asyncio.Event()  # set once the first subscription is active
 
@@ -50,6 +55,8 @@ class Listener:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.expired_channel, self.wake_channel)
+                if self.watch_patterns:
+                    await pubsub.psubscribe(*self.watch_patterns)
                 self.connects += 1
                 if self.connects > 1:
                     log.warning("notification listener reconnected; sweeping for lost events")
@@ -65,10 +72,24 @@ class Listener:
                 return
             backoff = min(backoff * 2, 2.0)
 
+    def _keyspace(self, channel: bytes, event: bytes) -> None:
+        if self.on_keyspace is None:
+            return
+        try:
+            key = channel.decode()[len(self.keyspace_prefix) :]
+        except UnicodeDecodeError:
+            return
+        self.on_keyspace(key, event.decode(errors="replace"))
+
     async def _receive(self, pubsub: Any) -> None:
         while not self.stopping.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None or message["type"] != "message":
+            if message is None:
+                continue
+            if message["type"] == "pmessage":
+                self._keyspace(message["channel"], message["data"])
+                continue
+            if message["type"] != "message":
                 continue
             if message["channel"] == self.wake_channel:
                 self.on_wake()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from delayq.worker._engine import Engine
@@ -29,8 +30,16 @@ class SweepCounters:
 
 
 class Sweeper:
-    def __init__(self, engine: Engine, firing: Firing, *, orphan_scan_interval: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        firing: Firing,
+        *,
+        orphan_scan_interval: float,
+        scan_watched: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.engine = engine
+        self.scan_watched = scan_watched
         self.firing = firing
         self.orphan_scan_interval = orphan_scan_interval
         self.kick = asyncio.Event()
@@ -53,6 +62,8 @@ class Sweeper:
         if self._scan_requested or due_scan:
             self._scan_requested = False
             self._last_scan = time.monotonic()
+            if self.scan_watched is not None:
+                await self.scan_watched()
             await self.scan_orphans()
 
     async def scan_orphans(self) -> None:

@@ -33,6 +33,7 @@ from delayq.worker._listener import Listener
 from delayq.worker._loops import every, guarded, wait_any
 from delayq.worker._settings import WorkerSettings
 from delayq.worker._sweeper import SweepCounters, Sweeper
+from delayq.worker._watching import Watching
 
 log = logging.getLogger("delayq.worker")
 
@@ -119,10 +120,14 @@ class Worker:
     ) -> None:
         settings, app = self.settings, self.app
         engine = Engine(client, app.keys, self.name)
-        await ensure_notifications(client, app.keys, configure=settings.configure_server)
+        await ensure_notifications(
+            client, app.keys, configure=settings.configure_server, keyspace=bool(app.watchers)
+        )
         await warn_on_eviction(client)
         await engine.ensure_group()
-        firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping)
+        watching = Watching(app, engine, batch=settings.fire_batch, stopping=stopping)
+        firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping,
+                                       resolve_watch=watching.resolve)  # fmt: skip
         await firing.sync_clock()
         executor = self._executor = Executor(
             engine, settings, self.find_task,
@@ -132,19 +137,23 @@ class Worker:
         )  # fmt: skip
         executor.record_lateness = self.record_lateness
         sweeper = self._sweeper = Sweeper(
-            engine, firing, orphan_scan_interval=settings.orphan_scan_interval
-        )
+            engine, firing, orphan_scan_interval=settings.orphan_scan_interval,
+            scan_watched=watching.scan if watching.active else None,
+        )  # fmt: skip
         listener = Listener(
             listen_client, app.keys, _db(client),
             on_expired=firing.hint,
             on_wake=firing.wake.set,
             on_connect=functools.partial(self._after_connect, sweeper, firing),
             stopping=stopping,
+            watch_patterns=watching.patterns(),
+            on_keyspace=watching.event,
         )  # fmt: skip
         intake: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("deadline loop", firing.run_deadlines),
             ("notification hints", firing.run_hints),
             ("notification listener", listener.run),
+            ("watched keys", watching.run_events),
             ("consumer", executor.consume),
         ]
         tasks = [asyncio.create_task(guarded(n, body, stopping), name=n) for n, body in intake]

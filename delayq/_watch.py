@@ -1,0 +1,128 @@
+"""Watched keys: react when a key written by another program expires (``on_expire``).
+
+Producers do nothing but plain Redis commands (``SET key value EX 1800``). Workers learn of
+matching keys from keyspace events and scans, keep each key's deadline in the due index as a
+*watch timer*, and fire it through fire_watch.lua once the key is really gone.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from delayq._codec import encode_payload
+from delayq._errors import ConfigurationError
+from delayq._task import Task, TaskOptions
+
+if TYPE_CHECKING:
+    from delayq._app import Delayq
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+WATCH_PREFIX = "~w:"
+_GLOB_SPECIALS = re.compile(r"[?\[\]\\]")
+# An expired notification may arrive long after the index fired the same expiry.
+MARKER_MS = 15 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSpec:
+    """A key pattern with one ``*`` and where to find each key's companion data."""
+
+    pattern: str
+    data: str | None = None
+    delete_data: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pattern.count("*") != 1 or _GLOB_SPECIALS.search(self.pattern):
+            raise ConfigurationError(
+                f"watch pattern {self.pattern!r} must contain exactly one '*' and none of ? [ ] \\"
+            )
+        if self.delete_data and not self.data:
+            raise ConfigurationError("delete_data=True needs data= (the companion key)")
+        if self.data is not None:
+            try:
+                self.data.format(suffix="x", key="x")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"data={self.data!r} may only use {{suffix}} and {{key}}: {exc}"
+                ) from None
+
+    @property
+    def head(self) -> str:
+        return self.pattern.split("*", 1)[0]
+
+    @property
+    def tail(self) -> str:
+        return self.pattern.split("*", 1)[1]
+
+    def suffix_of(self, key: str) -> str | None:
+        """The part of ``key`` that matched ``*``, or None if it does not match."""
+        head, tail = self.head, self.tail
+        if len(key) >= len(head) + len(tail) and key.startswith(head) and key.endswith(tail):
+            return key[len(head) : len(key) - len(tail)]
+        return None
+
+    def companion(self, key: str, suffix: str) -> str | None:
+        return None if self.data is None else self.data.format(suffix=suffix, key=key)
+
+
+class Watcher(Task[P, R]):
+    """An on_expire handler, called as ``handler(key, suffix, data)``."""
+
+    def __init__(
+        self, fn: Callable[P, R], options: TaskOptions, app_ref: Callable[[], Delayq],
+        spec: WatchSpec,
+    ) -> None:  # fmt: skip
+        super().__init__(fn, options, app_ref)
+        if "|" in options.name:
+            raise ConfigurationError(f"an on_expire task name may not contain '|': {options.name}")
+        self.spec = spec
+
+    def timer_id(self, key: str) -> str:
+        return f"{WATCH_PREFIX}{self.name}|{key}"
+
+    def payload_for(self, key: str, suffix: str, *, max_bytes: int) -> bytes:
+        return encode_payload(
+            self.name, (key, suffix), {}, attempt=0, created_ms=int(time.time() * 1000),
+            max_bytes=max_bytes,
+        )  # fmt: skip
+
+
+def is_watch_id(timer_id: str) -> bool:
+    return timer_id.startswith(WATCH_PREFIX)
+
+
+def split_watch_id(timer_id: str) -> tuple[str, str]:
+    """(task name, watched key) of a watch timer id."""
+    name, _, key = timer_id[len(WATCH_PREFIX) :].partition("|")
+    return name, key
+
+
+@dataclass(frozen=True, slots=True)
+class WatchTarget:
+    """Everything fire_watch.lua needs about one watch timer."""
+
+    timer_id: str
+    key: str
+    companion: str | None
+    payload: bytes
+
+
+def resolve(watchers: dict[str, Watcher[Any, Any]], timer_id: str, max_bytes: int) -> WatchTarget:
+    name, key = split_watch_id(timer_id)
+    watcher = watchers.get(name)
+    if watcher is None:
+        # A watcher removed from the code: fire it anyway, and the job is dead-lettered as
+        # an unknown task with a clear reason, rather than lingering in the index forever.
+        payload = encode_payload(name, (key, ""), {}, attempt=0, created_ms=0, max_bytes=max_bytes)
+        return WatchTarget(timer_id, key, None, payload)
+    suffix = watcher.spec.suffix_of(key) or ""
+    return WatchTarget(
+        timer_id, key, watcher.spec.companion(key, suffix),
+        watcher.payload_for(key, suffix, max_bytes=max_bytes),
+    )  # fmt: skip
