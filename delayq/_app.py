@@ -12,6 +12,7 @@ import redis
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._errors import ConfigurationError
 from delayq._keys import Keys, check_timer_id
+from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._store import (
     Armed,
     DeadLetter,
@@ -98,6 +99,7 @@ class Delayq:
         self.redis_options = dict(redis_options or {})
         self.tasks = TaskRegistry()
         self.watchers: dict[str, Watcher[Any, Any]] = {}
+        self.periodics: dict[str, Periodic[Any, Any]] = {}
         self._store: TimerStore | None = None
 
     def __repr__(self) -> str:
@@ -300,6 +302,52 @@ class Delayq:
             self.tasks.add(watcher)
             self.watchers[watcher.name] = watcher
             return watcher
+
+        return decorate
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        /,
+        *,
+        every: dt.timedelta | None = None,
+        tz: str = "UTC",
+        jitter: dt.timedelta | None = None,
+        catch_up: CatchUp = "latest",
+        overlap: Overlap = "skip",
+        max_catch_up: int = 100,
+        name: str | None = None,
+        retries: int = 0,
+        retry_backoff: Delay = 1.0,
+        retry_backoff_max: Delay = 3600.0,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[[Callable[P, R]], Periodic[P, R]]:
+        """Run a task on a cron schedule (5 fields, or 6 with seconds first) in zone ``tz``,
+        or ``every`` interval; exactly once per tick however many workers run.
+
+        ``catch_up`` after downtime: "latest" (one run for all missed ticks), "all" (each
+        missed tick, at most ``max_catch_up``), "none" (skip to the next tick). ``overlap``
+        while the previous run still runs: "skip" the tick, "allow" it, or "queue" it.
+        """
+        options_periodic = PeriodicOptions.build(
+            cron, every=every, tz=tz, jitter=jitter, catch_up=catch_up, overlap=overlap,
+            max_catch_up=max_catch_up,
+        )  # fmt: skip
+
+        def decorate(func: Callable[P, R]) -> Periodic[P, R]:
+            options = build_options(
+                func,
+                name=name,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
+                retry_for=retry_for,
+                delay=None,
+            )
+            task = Periodic(func, options, lambda: self, options_periodic)
+            self.tasks.add(task)
+            self.periodics[task.name] = task
+            return task
 
         return decorate
 

@@ -51,6 +51,7 @@ class Keys:
         self.stats = prefix + "stats"  # hash of counters
         self.paused = prefix + "paused"  # hash: timer id -> "remaining_ms:duration_ms"
         self.first_touch = prefix + "first"  # hash: debounced timer id -> first touch ms
+        self.periodics = prefix + "periodics"  # set: names of periodic tasks with state
         self.wake_channel = prefix + "wake"  # pub/sub nudge: a new earliest deadline
         self.shadow_prefix = prefix + "s:"
         self.data_prefix = prefix + "d:"
@@ -62,6 +63,12 @@ class Keys:
 
     def data(self, timer_id: str) -> str:
         return self.data_prefix + timer_id
+
+    def periodic_state(self, task: str) -> str:
+        return self.prefix + "periodic:" + task
+
+    def periodic_lock(self, task: str) -> str:
+        return self.prefix + "plock:" + task
 
     def watch_marker(self, timer_id: str) -> str:
         return self.marker_prefix + timer_id

@@ -24,6 +24,7 @@ NAMES = (
     "watch",
     "fire_watch",
     "forget",
+    "periodic",
 )
 
 

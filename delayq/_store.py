@@ -213,6 +213,10 @@ class TimerStore:
             if raw is not None
         ]
 
+    def periodic_state(self, task: str) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.periodic_state(task))  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
     def server_time_ms(self) -> int:
         sec, usec = self.client.time()
         return int(sec) * 1000 + int(usec) // 1000

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from delayq._app import Delayq, redact_url
 from delayq._defaults import set_default_app
 from delayq._errors import DelayqError, TimerPaused
+from delayq._schedules import load_zone
 from delayq._server import EmbeddedServer
 from delayq._store import try_decode
 from delayq._timer import Timer
@@ -26,6 +27,8 @@ from delayq.worker import Worker, WorkerSettings
 cli = typer.Typer(help="delayq: timers and delayed tasks on Redis/Valkey.", no_args_is_help=True)
 dead_cli = typer.Typer(help="Inspect and re-drive dead letters.", no_args_is_help=True)
 cli.add_typer(dead_cli, name="dead")
+periodic_cli = typer.Typer(help="Inspect periodic tasks.", no_args_is_help=True)
+cli.add_typer(periodic_cli, name="periodic")
 timers_cli = typer.Typer(help="Inspect and change pending timers.", no_args_is_help=True)
 cli.add_typer(timers_cli, name="timers")
 
@@ -291,6 +294,34 @@ def timers_restart(
         typer.echo(f"no pending timer {timer_id!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"restarted {describe(timer)}")
+
+
+def _when(ms: str | None, zone: str) -> str:
+    if not ms:
+        return "-"
+    instant = dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC)
+    shown = instant.astimezone(load_zone(zone)) if zone != "-" else instant
+    return f"{shown:%Y-%m-%d %H:%M:%S %Z}"
+
+
+@periodic_cli.command("list")
+def periodic_list(
+    app_spec: Annotated[
+        str, typer.Option("--app", "-A", help="module:attribute of your Delayq app")
+    ],
+    url: UrlOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Each periodic task with its schedule, zone, next run and last run."""
+    app = resolve_app(app_spec, url, namespace)
+    for name, task in sorted(app.periodics.items()):
+        schedule, zone = task.periodic.schedule.describe()
+        state = app.store.periodic_state(name)
+        typer.echo(
+            f"{name}  [{schedule}]  zone={zone}  next={_when(state.get('armed'), zone)}  "
+            f"last={_when(state.get('last_run_at'), zone)}"
+        )
+    typer.echo(f"{len(app.periodics)} periodic task(s)")
 
 
 def main() -> None:

@@ -116,6 +116,21 @@ class Engine:
                 k.first_touch]  # fmt: skip
         return bool(await self.scripts["cancel"](keys=keys, args=[timer_id]))
 
+    async def is_pending(self, timer_id: str) -> bool:
+        return await self.client.zscore(self.keys.index, timer_id) is not None
+
+    async def arm_tick(
+        self, task: str, sig: str, armed: str, new_sig: str, tick_ms: int, due_ms: int,
+        timer_id: str, payload: bytes, cancel_id: str | None,
+    ) -> int:  # fmt: skip
+        """periodic.lua: arm a periodic task's next tick, compare-and-set on its state."""
+        k = self.keys
+        keys = [k.periodic_state(task), k.shadow(timer_id or "-"), k.data(timer_id or "-"),
+                k.index, k.shadow(cancel_id or "-"), k.data(cancel_id or "-")]  # fmt: skip
+        args: list[Any] = [sig, armed, new_sig, tick_ms, due_ms, timer_id, payload,
+                           k.wake_channel, cancel_id or ""]  # fmt: skip
+        return int(await self.scripts["periodic"](keys=keys, args=args))
+
     async def forget(self, companion: str, value: bytes) -> None:
         await self.scripts["forget"](keys=[companion], args=[value])
 

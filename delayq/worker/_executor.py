@@ -18,14 +18,17 @@ from typing import Any
 from delayq._codec import Payload, decode_payload, decode_touches, reencode
 from delayq._debounce import Debounced
 from delayq._errors import PayloadError
+from delayq._periodic import Periodic
 from delayq._task import Task
 from delayq._watch import Watcher
 from delayq.worker._engine import Delivery, Engine, local_ms
 from delayq.worker._loops import wait_any
+from delayq.worker._periodics import PeriodicRunner
 from delayq.worker._settings import WorkerSettings
 
 log = logging.getLogger("delayq.worker")
 ACK_CHUNK = 500
+QUEUE_RETRY_S = 1.0
 
 
 @dataclass
@@ -55,7 +58,9 @@ class Executor:
         max_payload_bytes: int,
         dead_letter_maxlen: int,
         stopping: asyncio.Event,
+        periodic: PeriodicRunner | None = None,
     ) -> None:
+        self.periodic = periodic
         self.engine = engine
         self.settings = settings
         self.find_task = find_task
@@ -154,10 +159,29 @@ class Executor:
             except PayloadError as exc:
                 await self._bury(d, task.name, f"undecodable touches: {exc}", "")
                 return
+        if isinstance(task, Periodic) and self.periodic is not None:
+            decision = await self.periodic.on_tick(task, d, payload.attempt)
+            if decision == "skip":
+                self._queue_ack(d)
+                return
+            if decision == "requeued":
+                # overlap="queue": try this tick again shortly, once the previous run is done.
+                await self.engine.retry(d, d.raw, QUEUE_RETRY_S)
+                return
+            try:
+                await self._run(d, task, payload, args)
+            finally:
+                await self.periodic.after_run(task, d)
+            return
         if isinstance(task, Watcher):
             # A retry carries the companion data in its payload (it fires as a plain timer).
             data = payload.args[2] if len(payload.args) > 2 else d.watched_data
             args = (*payload.args[:2], data)
+        await self._run(d, task, payload, args)
+
+    async def _run(
+        self, d: Delivery, task: Task[Any, Any], payload: Payload, args: tuple[Any, ...]
+    ) -> None:
         try:
             await self._call(task, args, payload.kwargs)
         except asyncio.CancelledError:
@@ -170,6 +194,9 @@ class Executor:
             if companion:
                 await self.engine.forget(companion, args[2])
         self.counters.executed += 1
+        self._queue_ack(d)
+
+    def _queue_ack(self, d: Delivery) -> None:
         self.to_ack.append(d)
         self.ack_ready.set()
 

@@ -31,6 +31,7 @@ from delayq.worker._executor import Counters, Executor
 from delayq.worker._firing import Firing
 from delayq.worker._listener import Listener
 from delayq.worker._loops import every, guarded, wait_any
+from delayq.worker._periodics import PeriodicRunner
 from delayq.worker._settings import WorkerSettings
 from delayq.worker._sweeper import SweepCounters, Sweeper
 from delayq.worker._watching import Watching
@@ -129,11 +130,16 @@ class Worker:
         firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping,
                                        resolve_watch=watching.resolve)  # fmt: skip
         await firing.sync_clock()
+        periodics = PeriodicRunner(
+            app, engine, lock_ttl_ms=round(settings.visibility_timeout * 2000)
+        )
+        await periodics.register_all()
         executor = self._executor = Executor(
             engine, settings, self.find_task,
             max_payload_bytes=app.max_payload_bytes,
             dead_letter_maxlen=app.dead_letter_maxlen,
             stopping=stopping,
+            periodic=periodics,
         )  # fmt: skip
         executor.record_lateness = self.record_lateness
         sweeper = self._sweeper = Sweeper(
@@ -193,6 +199,8 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat)
             try:
                 await executor.heartbeat()
+                if executor.periodic is not None:
+                    await executor.periodic.refresh_locks()
             except Exception as exc:
                 log.warning("heartbeat failed: %r", exc)
 

@@ -1,0 +1,130 @@
+"""Keeping periodic tasks ticking: register schedules at start, chain ticks, guard overlap."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from delayq._app import Delayq
+from delayq._periodic import MISFIRE_GRACE_MS, Periodic, tick_of
+from delayq.worker._engine import Delivery, Engine
+
+log = logging.getLogger("delayq.worker")
+Decision = Literal["run", "skip", "requeued"]
+CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    sig: str
+    armed: str
+
+    @property
+    def armed_ms(self) -> int | None:
+        return int(self.armed) if self.armed else None
+
+
+class PeriodicRunner:
+    def __init__(self, app: Delayq, engine: Engine, *, lock_ttl_ms: int) -> None:
+        self.app = app
+        self.engine = engine
+        self.lock_ttl_ms = lock_ttl_ms
+        self.periodics: dict[str, Periodic[Any, Any]] = dict(app.periodics)
+        self.held_locks: dict[str, str] = {}  # lock key -> token (the delivery's entry id)
+        self.skipped = 0
+
+    async def state(self, name: str) -> State:
+        raw: list[Any] = await self.engine.client.hmget(
+            self.app.keys.periodic_state(name), ["sig", "armed"]
+        )
+        sig, armed = (v.decode() if v is not None else "" for v in raw)
+        return State(sig, armed)
+
+    async def _arm(self, task: Periodic[Any, Any], seen: State, tick_ms: int) -> int:
+        cancel = None
+        if seen.sig and seen.sig != task.periodic.schedule.signature and seen.armed:
+            cancel = task.tick_id(int(seen.armed))  # the old schedule's pending tick
+        payload = task.tick_payload(max_bytes=self.app.max_payload_bytes)
+        return await self.engine.arm_tick(
+            task.name, seen.sig, seen.armed, task.periodic.schedule.signature, tick_ms,
+            task.due_ms(tick_ms), task.tick_id(tick_ms), payload, cancel,
+        )  # fmt: skip
+
+    async def register_all(self) -> None:
+        """At start: arm each schedule's next tick; replace changed ones; stop removed ones."""
+        for task in self.periodics.values():
+            await self.register(task)
+        stored: set[Any] = await self.engine.client.smembers(self.app.keys.periodics)
+        for name in sorted(n.decode() for n in stored):
+            if name not in self.periodics:
+                await self.remove(name)
+
+    async def register(self, task: Periodic[Any, Any]) -> None:
+        await self.engine.client.sadd(self.app.keys.periodics, task.name)
+        sig = task.periodic.schedule.signature
+        for _ in range(CAS_ATTEMPTS):
+            seen = await self.state(task.name)
+            now = await self.engine.server_time_ms()
+            if seen.sig == sig and seen.armed_ms is not None:
+                if await self.engine.is_pending(task.tick_id(seen.armed_ms)):
+                    return  # its tick is armed and will chain the next one
+                tick = task.chained_tick_ms(seen.armed_ms, now)
+            else:
+                if seen.sig:
+                    log.info("schedule of %s changed to %s; replacing its pending tick",
+                             task.name, sig)  # fmt: skip
+                tick = task.next_tick_ms(now)
+            if await self._arm(task, seen, tick) >= 0:
+                return
+        log.warning("could not register periodic task %s: its state kept changing", task.name)
+
+    async def remove(self, name: str) -> None:
+        seen = await self.state(name)
+        cancel = f"~p:{name}@{seen.armed}" if seen.armed else None
+        await self.engine.arm_tick(name, seen.sig, seen.armed, "", 0, 0, "", b"", cancel)
+        await self.engine.client.srem(self.app.keys.periodics, name)
+        log.info("periodic task %s is no longer in the code: its schedule was removed", name)
+
+    async def on_tick(self, task: Periodic[Any, Any], d: Delivery, attempt: int) -> Decision:
+        """Before a tick runs: chain the next tick, then apply catch-up and overlap rules."""
+        parsed = tick_of(d.timer_id)
+        if parsed is None:
+            return "run"  # a retry of a tick, under another id: just run it
+        _name, tick_ms = parsed
+        now = await self.engine.server_time_ms()
+        seen = await self.state(task.name)
+        if seen.sig == task.periodic.schedule.signature and seen.armed == str(tick_ms):
+            await self._arm(task, seen, task.chained_tick_ms(tick_ms, now))
+        if (task.periodic.catch_up == "none" and attempt == 0
+                and now - d.due_ms > MISFIRE_GRACE_MS):  # fmt: skip
+            log.info("skipping missed tick of %s (catch_up='none')", task.name)
+            self.skipped += 1
+            return "skip"
+        if task.periodic.overlap == "allow":
+            return "run"
+        lock = self.app.keys.periodic_lock(task.name)
+        if await self.engine.client.set(lock, d.entry_id, nx=True, px=self.lock_ttl_ms):
+            self.held_locks[lock] = d.entry_id
+            return "run"
+        if task.periodic.overlap == "skip":
+            log.info("skipping a tick of %s: the previous run is still running", task.name)
+            self.skipped += 1
+            return "skip"
+        return "requeued"
+
+    async def after_run(self, task: Periodic[Any, Any], d: Delivery) -> None:
+        lock = self.app.keys.periodic_lock(task.name)
+        token = self.held_locks.pop(lock, None)
+        if token is not None:
+            await self.engine.forget(lock, token.encode())
+        parsed = tick_of(d.timer_id)
+        if parsed is not None:
+            await self.engine.client.hset(
+                self.app.keys.periodic_state(task.name),
+                mapping={"last_run": parsed[1], "last_run_at": d.fired_ms},
+            )
+
+    async def refresh_locks(self) -> None:
+        for lock in list(self.held_locks):
+            await self.engine.client.pexpire(lock, self.lock_ttl_ms)
