@@ -11,7 +11,6 @@ from delayq._errors import (
     PayloadError,
     ScheduleError,
     TimerPaused,
-    UnknownTask,
 )
 from delayq._server import EmbeddedServer
 from delayq._store import DeadLetter, ScheduleRequest
@@ -38,7 +37,6 @@ __all__ = [
     "Timer",
     "TimerPaused",
     "Touch",
-    "UnknownTask",
     "Worker",
     "WorkerSettings",
     "__version__",

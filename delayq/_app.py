@@ -95,8 +95,14 @@ class Delayq:
         if isinstance(max_payload_bytes, bool) or max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be a positive integer")
         self.max_payload_bytes = max_payload_bytes
+        if isinstance(dead_letter_maxlen, bool) or dead_letter_maxlen < 1:
+            raise ConfigurationError("dead_letter_maxlen must be an integer >= 1")
         self.dead_letter_maxlen = dead_letter_maxlen
         self.redis_options = dict(redis_options or {})
+        if self.redis_options.get("decode_responses"):
+            raise ConfigurationError(
+                "redis_options may not set decode_responses: payloads are bytes"
+            )
         self.tasks = TaskRegistry()
         self.watchers: dict[str, Watcher[Any, Any]] = {}
         self.periodics: dict[str, Periodic[Any, Any]] = {}
@@ -358,10 +364,13 @@ class Delayq:
     # -- producer API -------------------------------------------------------------------------
 
     def _timer(self, armed: Armed) -> Timer:
-        return Timer(
+        timer = Timer(
             self, armed.timer_id, due_ms=armed.due_ms, raw_payload=armed.payload,
             created=armed.created,
         )  # fmt: skip
+        if armed.due_ms < 0:  # the id is taken by a paused timer
+            timer.paused_left_ms = self.store.lookup(armed.timer_id).paused_left_ms
+        return timer
 
     def arm(self, request: ScheduleRequest) -> Timer:
         """Store one prepared timer (see ``Task.prepare``)."""

@@ -102,7 +102,11 @@ def encode_payload(
     created_ms: int,
     max_bytes: int,
 ) -> bytes:
-    """Serialize a call; raise PayloadError naming the argument that cannot be serialized."""
+    """Serialize a call; raise PayloadError naming the argument that cannot be serialized.
+
+    Everything a worker would refuse to decode is refused here instead, before it is stored.
+    """
+    _check_encodable(args, kwargs)
     try:
         data = _pack([FORMAT_VERSION, task, list(args), kwargs, attempt, created_ms])
     except (TypeError, ValueError, OverflowError):
@@ -152,6 +156,30 @@ def _check_shape(value: object) -> Payload:
     if _depth(args) > _MAX_DEPTH or _depth(kwargs) > _MAX_DEPTH:
         raise PayloadError(f"payload is nested deeper than {_MAX_DEPTH} levels")
     return Payload(task, tuple(args), kwargs, attempt, created_ms)
+
+
+def _check_encodable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    for name in kwargs:
+        if not isinstance(name, str):
+            raise PayloadError(f"keyword argument names must be strings, got {name!r}")
+    named = [(f"argument at position {i}", v) for i, v in enumerate(args)]
+    named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        stack: list[tuple[object, int]] = [(value, 2)]  # inside the args list: depth 2
+        while stack:
+            item, level = stack.pop()
+            if level > _MAX_DEPTH:
+                raise PayloadError(f"{label} is nested deeper than {_MAX_DEPTH} levels")
+            if isinstance(item, list | tuple):
+                stack.extend((child, level + 1) for child in item)
+            elif isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str | bytes):
+                        raise PayloadError(
+                            f"{label} has a map key of type {type(key).__name__}: "
+                            "only str and bytes keys round-trip"
+                        )
+                    stack.append((child, level + 1))
 
 
 def _depth(value: object) -> int:

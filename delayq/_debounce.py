@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from delayq._codec import encode_payload, encode_touch
 from delayq._errors import ConfigurationError, ScheduleError
-from delayq._keys import check_timer_id
+from delayq._keys import check_user_timer_id as check_timer_id
 from delayq._store import TouchRequest
 from delayq._task import Task, TaskOptions
 from delayq._timer import Timer

@@ -23,9 +23,5 @@ class PayloadError(ScheduleError):
     """A payload cannot be serialized, is too large, or cannot be decoded."""
 
 
-class UnknownTask(DelayqError, LookupError):
-    """A job names a task that this worker does not know."""
-
-
 class TimerPaused(DelayqError):
     """The timer is paused: resume it before changing its deadline."""

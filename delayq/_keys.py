@@ -24,6 +24,17 @@ def check_namespace(namespace: str) -> str:
     return namespace
 
 
+# Ids delayq makes itself (watch timers, periodic ticks) start with this; users' may not.
+RESERVED_PREFIX = "~"
+
+
+def check_user_timer_id(timer_id: str) -> str:
+    check_timer_id(timer_id)
+    if timer_id.startswith(RESERVED_PREFIX):
+        raise InvalidTimerId(f"timer ids starting with {RESERVED_PREFIX!r} are reserved")
+    return timer_id
+
+
 def check_timer_id(timer_id: str) -> str:
     if not isinstance(timer_id, str):
         raise InvalidTimerId(f"timer id must be a str, not {type(timer_id).__name__}")
@@ -69,6 +80,10 @@ class Keys:
 
     def periodic_lock(self, task: str) -> str:
         return self.prefix + "plock:" + task
+
+    def probe(self, token: str) -> str:
+        """A throw-away key used to check that expired events are published."""
+        return self.prefix + "probe:" + token
 
     def watch_marker(self, timer_id: str) -> str:
         return self.marker_prefix + timer_id

@@ -35,7 +35,7 @@ class Armed:
 
     timer_id: str
     created: bool
-    due_ms: int  # -1: the timer with this id is running now
+    due_ms: int  # -1: the timer with this id is paused
     now_ms: int
     payload: bytes
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from delayq._codec import encode_payload
 from delayq._errors import ConfigurationError
-from delayq._keys import check_timer_id
+from delayq._keys import check_user_timer_id
 from delayq._store import ScheduleRequest
 from delayq._timer import Timer
 from delayq._when import Delay, delay_seconds, resolve_when
@@ -120,7 +120,7 @@ class Task(Generic[P, R]):
     ) -> ScheduleRequest:
         """Like ``prepare``, with the call's arguments passed as a tuple and a dict."""
         when = resolve_when(delay, at, self.options.default_delay)
-        timer_id = new_timer_id() if timer_id is None else check_timer_id(timer_id)
+        timer_id = new_timer_id() if timer_id is None else check_user_timer_id(timer_id)
         payload = encode_payload(
             self.name,
             args,

@@ -49,7 +49,10 @@ def resolve_when(delay: Delay | None, at: dt.datetime | None, default_delay: flo
                 "at= must be time-zone aware (e.g. datetime(..., tzinfo=UTC)); "
                 "a naive datetime is ambiguous"
             )
-        return When("at", max(0, round(at.timestamp() * 1000)))
+        ms = round(at.timestamp() * 1000)
+        if ms - dt.datetime.now(dt.UTC).timestamp() * 1000 > MAX_DELAY_MS:
+            raise ScheduleError(f"at={at.isoformat()} is more than 100 years away")
+        return When("at", max(0, ms))
     seconds = default_delay if delay is None else delay_seconds(delay)
     return When("delay", round(seconds * 1000))
 

@@ -24,7 +24,11 @@ from delayq._store import try_decode
 from delayq._timer import Timer
 from delayq.worker import Worker, WorkerSettings
 
-cli = typer.Typer(help="delayq: timers and delayed tasks on Redis/Valkey.", no_args_is_help=True)
+cli = typer.Typer(
+    help="delayq: timers and delayed tasks on Redis/Valkey.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # errors are reported in one line by main()
+)
 dead_cli = typer.Typer(help="Inspect and re-drive dead letters.", no_args_is_help=True)
 cli.add_typer(dead_cli, name="dead")
 periodic_cli = typer.Typer(help="Inspect periodic tasks.", no_args_is_help=True)
@@ -36,11 +40,13 @@ AppOption = Annotated[
     str | None,
     typer.Option("--app", "-A", help="module:attribute of your Delayq app, or a module with `app`"),
 ]
+# No envvar= here: DELAYQ_URL / DELAYQ_NAMESPACE are read by Delayq() itself, so that a worker
+# and the producers resolve them the same way (an explicit URL in the code wins).
 UrlOption = Annotated[
-    str | None, typer.Option("--url", envvar="DELAYQ_URL", help="redis:// or rediss:// URL")
+    str | None, typer.Option("--url", help="redis:// or rediss:// URL (overrides the app's)")
 ]
 NamespaceOption = Annotated[
-    str | None, typer.Option("--namespace", envvar="DELAYQ_NAMESPACE", help="key namespace")
+    str | None, typer.Option("--namespace", help="key namespace (overrides the app's)")
 ]
 
 
@@ -74,7 +80,12 @@ def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Del
 
 @cli.command()
 def worker(
-    app_spec: AppOption = None,
+    app_spec: Annotated[
+        str,
+        typer.Option(
+            "--app", "-A", help="module:attribute of your Delayq app, or a module with `app`"
+        ),
+    ],
     url: UrlOption = None,
     namespace: NamespaceOption = None,
     concurrency: Annotated[int, typer.Option(help="jobs run at once")] = 10,
@@ -228,7 +239,9 @@ def timers_list(
     timers = app.timers(limit=limit, task=task, due_before=before)
     for timer in timers:
         typer.echo(describe(timer))
-    typer.echo(f"{len(timers)} timer(s) shown; {app.pending_count()} pending in all")
+    paused = app.store.client.hlen(app.keys.paused)
+    typer.echo(f"{len(timers)} timer(s) shown; {app.pending_count()} pending and "
+               f"{paused} paused in all")  # fmt: skip
 
 
 def _one_timer(app: Delayq, timer_id: str) -> Timer:
@@ -325,4 +338,12 @@ def periodic_list(
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except DelayqError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except RedisError as exc:
+        # Connection errors name host and port, never the password.
+        typer.echo(f"error: the server failed: {type(exc).__name__}: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -187,3 +187,8 @@ def test_timers_commands(app: Delayq, server: EmbeddedServer) -> None:
     assert cancelled.exit_code == 0 and app.timer("r:bob") is None
     missing = runner.invoke(cli, ["timers", "cancel", "r:bob", *args])
     assert missing.exit_code == 1 and "no pending timer" in missing.output
+
+
+def test_worker_needs_an_app() -> None:
+    result = runner.invoke(cli, ["worker", "--url", "redis://127.0.0.1:1/0"])
+    assert result.exit_code == 2 and "--app" in result.output

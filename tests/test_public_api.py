@@ -24,7 +24,6 @@ def test_all_is_pinned() -> None:
             "Timer",
             "TimerPaused",
             "Touch",
-            "UnknownTask",
             "Worker",
             "WorkerSettings",
             "__version__",

@@ -1,5 +1,5 @@
 -- bury.lua: move a job that cannot or may no longer run to the dead-letter stream.
--- Only the delivery that still holds the entry may do so (XACK answers 1).
+-- Only the worker that still owns the entry may do so (XPENDING names the owner).
 --
 -- KEYS[1]  ready stream
 -- KEYS[2]  dead-letter stream
@@ -13,9 +13,11 @@
 -- ARGV[7]  traceback ("" if none)
 -- ARGV[8]  approximate maximum length of the dead-letter stream
 -- ARGV[9]  touches of a debounced timer (payload="all"), "" if none
+-- ARGV[10] consumer name of the worker settling the delivery
 --
 -- Returns the dead-letter entry id, or false when this delivery no longer holds the entry.
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if not owner[1] or owner[1][2] ~= ARGV[10] or redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return false
 end
 redis.call('XDEL', KEYS[1], ARGV[2])

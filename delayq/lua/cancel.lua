@@ -8,11 +8,13 @@
 -- KEYS[6]  first-touch hash
 -- ARGV[1]  timer id
 --
--- Returns 1 if a pending or paused timer was cancelled, 0 if there was none (never existed,
--- already fired, or cancelled before). A job already running is not touched.
+-- Returns 1 if a pending or paused timer was cancelled (also one whose index entry was lost
+-- and awaits repair), 0 if there was none (never existed, already fired, or cancelled
+-- before). A job already running is not touched.
 local indexed = redis.call('ZREM', KEYS[4], ARGV[1])
 local paused = redis.call('HDEL', KEYS[5], ARGV[1])
-if indexed + paused == 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+local data = redis.call('DEL', KEYS[2])
+if indexed + paused + data == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('HDEL', KEYS[6], ARGV[1])
 return 1

@@ -1,6 +1,6 @@
 -- handback.lua: give an unfinished job back to the queue at once (a worker shutting down),
--- rather than leaving it to the visibility timeout. Only the delivery that still holds the
--- entry may do so (XACK answers 1).
+-- rather than leaving it to the visibility timeout. Only the worker that still owns the
+-- entry may do so (XPENDING names the owner).
 --
 -- KEYS[1]  ready stream
 -- ARGV[1]  consumer group name
@@ -9,9 +9,11 @@
 -- ARGV[4]  payload
 -- ARGV[5]  due time (ms)
 -- ARGV[6]  touches of a debounced timer (payload="all"), "" if none
+-- ARGV[7]  consumer name of this worker
 --
 -- Returns the new entry id, or false when this delivery no longer holds the entry.
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if not owner[1] or owner[1][2] ~= ARGV[7] or redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return false
 end
 redis.call('XDEL', KEYS[1], ARGV[2])

@@ -12,7 +12,7 @@
 -- ARGV[5]  touches of a debounced timer (payload="all"), "" if none
 --
 -- Returns 1 when re-armed, 0 when the entry is gone, -1 when a timer with this id is pending
--- or running (the dead letter is then left in place).
+-- (the dead letter is then left in place).
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local t = redis.call('TIME')

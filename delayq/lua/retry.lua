@@ -1,6 +1,6 @@
 -- retry.lua: acknowledge a failed delivery and re-arm its job as a timer (new payload with the
 -- next attempt number), in one step. Only the delivery that still holds the entry may do so:
--- XACK answers 0 to a worker whose job was meanwhile taken over and settled elsewhere.
+-- a worker whose job was meanwhile taken over by another (XPENDING names the owner) may not.
 --
 -- KEYS[1]  shadow key of the timer id
 -- KEYS[2]  data key of the timer id
@@ -20,9 +20,11 @@
 -- ARGV[7]  fallback id, used when a new timer with the same id is already pending (e.g. the
 --          next cycle of a debounced timer): the retry must not replace it
 -- ARGV[8]  touches of a debounced timer (payload="all"), "" if none: kept for the retry
+-- ARGV[9]  consumer name of the worker settling the delivery
 --
 -- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
-if redis.call('XACK', KEYS[4], ARGV[1], ARGV[2]) == 0 then
+local owner = redis.call('XPENDING', KEYS[4], ARGV[1], ARGV[2], ARGV[2], 1)
+if not owner[1] or owner[1][2] ~= ARGV[9] or redis.call('XACK', KEYS[4], ARGV[1], ARGV[2]) == 0 then
   return {-1, ''}
 end
 redis.call('XDEL', KEYS[4], ARGV[2])

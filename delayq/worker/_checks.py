@@ -45,7 +45,7 @@ async def ensure_notifications(
         config: dict[Any, Any] = await client.config_get("notify-keyspace-events")
     except ResponseError:
         # CONFIG is disabled (managed services): find out by experiment instead.
-        if not await _probe_expired_event(client, keys):
+        if not await _probe_events(client, keys, keyspace=keyspace):
             raise ConfigurationError(help_text) from None
         return
     flags = _text(config.get(b"notify-keyspace-events", config.get("notify-keyspace-events", "")))
@@ -76,20 +76,25 @@ async def warn_on_eviction(client: AsyncClient) -> None:
             )
 
 
-async def _probe_expired_event(client: AsyncClient, keys: Keys) -> bool:
-    probe = keys.prefix + "probe:" + secrets.token_hex(6)
+async def _probe_events(client: AsyncClient, keys: Keys, *, keyspace: bool) -> bool:
+    """Set a short-lived key and see which notifications arrive for it."""
+    probe = keys.probe(secrets.token_hex(6))
+    db = _db(client)
+    wanted = {Keys.expired_channel(db)}
+    if keyspace:
+        wanted.add(Keys.keyspace_pattern(db, probe))  # its "expire" event, from SET ... PX
     pubsub = client.pubsub()
     try:
-        await pubsub.subscribe(Keys.expired_channel(_db(client)))
+        await pubsub.subscribe(*wanted)
         await client.set(probe, "1", px=20)
         await asyncio.sleep(0.05)
         await client.exists(probe)  # an access expires the key lazily and publishes at once
         deadline = asyncio.get_running_loop().time() + 2.0
-        while asyncio.get_running_loop().time() < deadline:
+        while wanted and asyncio.get_running_loop().time() < deadline:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-            if message and _text(message["data"]) == probe:
-                return True
-        return False
+            if message and (_text(message["data"]) == probe or _text(message["data"]) == "expire"):
+                wanted.discard(_text(message["channel"]))
+        return not wanted
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 

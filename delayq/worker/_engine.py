@@ -148,9 +148,16 @@ class Engine:
     # -- consuming ----------------------------------------------------------------------------
 
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
-        reply: Any = await self.client.xreadgroup(
-            GROUP, self.consumer, {self.keys.ready: ">"}, count=count, block=block_ms
-        )
+        try:
+            reply: Any = await self.client.xreadgroup(
+                GROUP, self.consumer, {self.keys.ready: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            # The stream or its group vanished (FLUSHDB, an old snapshot): make it again.
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return []
         if not reply:
             return []
         return [_delivery(eid, fields) for eid, fields in reply[0][1] if fields]
@@ -160,9 +167,16 @@ class Engine:
         found: list[Delivery] = []
         cursor = "0-0"
         while len(found) < count:
-            reply = await self.client.xautoclaim(
-                self.keys.ready, GROUP, self.consumer, min_idle_ms, cursor, count=count - len(found)
-            )
+            try:
+                reply = await self.client.xautoclaim(
+                    self.keys.ready, GROUP, self.consumer, min_idle_ms, cursor,
+                    count=count - len(found),
+                )  # fmt: skip
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group()
+                break
             cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
             found += [_delivery(eid, fields) for eid, fields in reply[1] if fields]
             if cursor == "0-0":
@@ -203,7 +217,7 @@ class Engine:
         keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
                 k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback)]  # fmt: skip
         args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
-                           k.wake_channel, fallback, d.items or b""]  # fmt: skip
+                           k.wake_channel, fallback, d.items or b"", self.consumer]  # fmt: skip
         due, _armed_id = await self.scripts["retry"](keys=keys, args=args)
         return None if int(due) < 0 else int(due)
 
@@ -213,12 +227,13 @@ class Engine:
         k = self.keys
         keys = [k.ready, k.dead, k.stats]
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, task, reason, traceback, maxlen,
-                           d.items or b""]  # fmt: skip
+                           d.items or b"", self.consumer]  # fmt: skip
         entry = await self.scripts["bury"](keys=keys, args=args)
         return entry.decode() if entry else None
 
     async def handback(self, d: Delivery) -> bool:
-        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms, d.items or b""]
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms, d.items or b"",
+                           self.consumer]  # fmt: skip
         return bool(await self.scripts["handback"](keys=[self.keys.ready], args=args))
 
     # -- sweeping -----------------------------------------------------------------------------
@@ -244,7 +259,13 @@ class Engine:
         return sum(int(r) for r in await pipe.execute())
 
     async def stale_consumers(self, idle_ms: int) -> list[str]:
-        infos = await self.client.xinfo_consumers(self.keys.ready, GROUP)
+        try:
+            infos = await self.client.xinfo_consumers(self.keys.ready, GROUP)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                raise
+            await self.ensure_group()
+            return []
         return [
             c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
             for c in infos

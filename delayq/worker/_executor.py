@@ -186,7 +186,7 @@ class Executor:
             await self._call(task, args, payload.kwargs)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a handler is its failure, not ours
             await self._failed(d, task, payload, exc, args)
             return
         if isinstance(task, Watcher) and task.spec.delete_data and args[2] is not None:
@@ -214,7 +214,7 @@ class Executor:
         d: Delivery,
         task: Task[Any, Any],
         payload: Payload,
-        exc: Exception,
+        exc: BaseException,
         args: tuple[Any, ...] = (),
     ) -> None:
         self.counters.failed += 1

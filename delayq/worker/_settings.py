@@ -51,8 +51,12 @@ class WorkerSettings:
         _positive("visibility_timeout", self.visibility_timeout)
         _positive("sweep_interval", self.sweep_interval)
         _positive("orphan_scan_interval", self.orphan_scan_interval)
-        if self.shutdown_timeout < 0:
-            raise ConfigurationError("shutdown_timeout must be >= 0")
+        if not isinstance(self.shutdown_timeout, int | float) or not (
+            math.isfinite(self.shutdown_timeout) and self.shutdown_timeout >= 0
+        ):
+            raise ConfigurationError(
+                f"shutdown_timeout must be a finite number >= 0, got {self.shutdown_timeout!r}"
+            )
         if self.heartbeat_interval is not None:
             _positive("heartbeat_interval", self.heartbeat_interval)
             if self.heartbeat_interval >= self.visibility_timeout:

@@ -20,7 +20,7 @@ log = logging.getLogger("delayq.worker")
 SCAN_COUNT = 1000
 # Events that can change a key's TTL (re-read it), and those that end its life.
 REARM_EVENTS = {"set", "expire", "persist", "rename_to", "restore", "copy_to"}
-GONE_EVENTS = {"del", "rename_from", "evicted"}
+GONE_EVENTS = {"del", "rename_from"}
 
 
 class Watching:

@@ -102,9 +102,8 @@ class Worker:
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
         client: AsyncClient = aredis.Redis.from_url(self.app.url, **self.app.redis_options)
         # The listener's connection must not reconnect silently: a reconnect means a sweep.
-        listen_client: AsyncClient = aredis.Redis.from_url(
-            self.app.url, retry=Retry(NoBackoff(), 0), **self.app.redis_options
-        )
+        listen_options = {**self.app.redis_options, "retry": Retry(NoBackoff(), 0)}
+        listen_client: AsyncClient = aredis.Redis.from_url(self.app.url, **listen_options)
         try:
             await self._serve(client, listen_client, stopping)
         finally:

@@ -1,0 +1,126 @@
+"""Holes found by trying to break things: ownership, lost groups, odd handlers, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import threading
+from collections.abc import Callable
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from delayq import Delayq, EmbeddedServer, InvalidTimerId, PayloadError, ScheduleError
+from delayq._keys import GROUP
+from delayq.worker._engine import Engine
+from tests.conftest import WorkerThread, wait_until
+
+
+def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) -> None:
+    """A worker whose job was taken over may not retry, bury or hand it back any more."""
+
+    @app.task
+    def job() -> None: ...
+
+    async def scenario() -> None:
+        client = aredis.Redis.from_url(server.url)
+        first, second = Engine(client, app.keys, "first"), Engine(client, app.keys, "second")
+        await first.ensure_group()
+        timer = job.schedule(delay=0)
+        await first.fire([timer.id])
+        (delivery,) = await first.read(10, 100)
+        taken = await second.reclaim(0, 10)  # the second worker takes it over
+        assert [d.entry_id for d in taken] == [delivery.entry_id]
+        assert await first.bury(delivery, task="", reason="x", traceback="", maxlen=10) is None
+        assert await first.retry(delivery, delivery.raw, 1.0) is None
+        assert await first.handback(delivery) is False
+        assert await first.heartbeat([delivery.entry_id]) == [delivery.entry_id]  # lost
+        assert await second.bury(delivery, task="", reason="x", traceback="", maxlen=10)
+        await client.aclose()
+
+    asyncio.run(scenario())
+    assert [letter.reason for letter in app.dead_letters()] == ["x"]
+
+
+def test_worker_recreates_a_lost_consumer_group(
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def note(x: int) -> None:
+        ran.append(x)
+
+    start_worker(app)
+    note.schedule(1, delay=0.05)
+    wait_until(lambda: ran == [1])
+    rclient.delete(app.keys.ready)  # e.g. FLUSHDB, or a restore from an old snapshot
+    note.schedule(2, delay=0.05)
+    wait_until(lambda: ran == [1, 2], timeout=15)
+    assert rclient.xinfo_groups(app.keys.ready)[0]["name"] == GROUP.encode()
+
+
+def test_handler_calling_sys_exit_is_a_failure_not_a_crash(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    after = threading.Event()
+
+    @app.task(retries=0)
+    def quits() -> None:
+        sys.exit(3)
+
+    @app.task
+    def later() -> None:
+        after.set()
+
+    start_worker(app)
+    quits.delay()
+    wait_until(lambda: app.dead_letters())
+    assert "SystemExit: 3" in app.dead_letters()[0].reason
+    later.delay()
+    assert after.wait(10)
+
+
+def test_cancel_removes_a_timer_awaiting_repair(app: Delayq, rclient: redis.Redis) -> None:
+    @app.task
+    def job() -> None: ...
+
+    timer = job.schedule(delay=60)
+    rclient.zrem(app.keys.index, timer.id)  # the index entry is lost
+    assert timer.cancel() is True
+    assert not rclient.exists(app.keys.data(timer.id))
+
+
+def test_refused_at_schedule_time_not_at_run_time(app: Delayq) -> None:
+    @app.task
+    def job(*args: object, **kwargs: object) -> None: ...
+
+    deep: list[object] = []
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(PayloadError, match="nested deeper"):
+        job.schedule(deep, delay=1)
+    with pytest.raises(PayloadError, match="map key of type int"):
+        job.schedule({1: "one"}, delay=1)
+    with pytest.raises(ScheduleError, match="100 years"):
+        job.schedule(at=dt.datetime(2300, 1, 1, tzinfo=dt.UTC))
+    with pytest.raises(InvalidTimerId, match="reserved"):
+        job.schedule(delay=1, id="~w:looks-internal")
+    assert app.pending_count() == 0
+
+
+def test_bad_app_settings() -> None:
+    from delayq import ConfigurationError, WorkerSettings
+
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        Delayq("redis://127.0.0.1:1/0", redis_options={"decode_responses": True})
+    with pytest.raises(ConfigurationError, match="dead_letter_maxlen"):
+        Delayq("redis://127.0.0.1:1/0", dead_letter_maxlen=-5)
+    with pytest.raises(ConfigurationError, match="shutdown_timeout"):
+        WorkerSettings(shutdown_timeout=float("nan"))
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        WorkerSettings(concurrency=0)
+    with pytest.raises(ConfigurationError, match="heartbeat_interval"):
+        WorkerSettings(visibility_timeout=5, heartbeat_interval=10)
