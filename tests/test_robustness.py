@@ -124,3 +124,29 @@ def test_bad_app_settings() -> None:
         WorkerSettings(concurrency=0)
     with pytest.raises(ConfigurationError, match="heartbeat_interval"):
         WorkerSettings(visibility_timeout=5, heartbeat_interval=10)
+
+
+@pytest.mark.parametrize("skew_ms", [-300_000, 300_000])
+def test_worker_clock_minutes_off(
+    app: Delayq,
+    start_worker: Callable[..., WorkerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    skew_ms: int,
+) -> None:
+    """Deadlines come from the server's clock: a worker's wrong clock changes nothing."""
+    import time
+
+    from delayq.worker import _firing
+
+    monkeypatch.setattr(_firing, "local_ms", lambda: time.time() * 1000 + skew_ms)
+    ran: list[float] = []
+
+    @app.task
+    def note() -> None:
+        ran.append(time.time() * 1000)
+
+    start_worker(app)
+    timers = [note.schedule(delay=0.3 + i * 0.1) for i in range(5)]
+    wait_until(lambda: len(ran) == 5, timeout=10)
+    lateness = [at - t.due_ms for at, t in zip(sorted(ran), timers, strict=True)]
+    assert all(-5 <= late < 500 for late in lateness), lateness
