@@ -268,14 +268,17 @@ class Executor:
 
     async def run_acks(self) -> None:
         while not self.stopping.is_set() or self.to_ack:
-            await wait_any([self.ack_ready, self.stopping], None)
+            if not self.to_ack:  # acknowledgements kept after a failed flush go out first
+                await wait_any([self.ack_ready, self.stopping], None)
             self.ack_ready.clear()
             await self.flush_acks()
             if self.stopping.is_set() and not self.running:
                 return
 
     async def heartbeat(self) -> None:
+        # Jobs done but not yet acknowledged (the server was away) stay ours too.
         entries = [r.delivery.entry_id for r in self.running.values()]
+        entries += [d.entry_id for d in self.to_ack]
         lost = await self.engine.heartbeat(entries)
         if lost:
             # Another worker took them over after this one missed its heartbeats; both may

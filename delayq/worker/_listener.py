@@ -57,6 +57,7 @@ class Listener:
                 await pubsub.subscribe(self.expired_channel, self.wake_channel)
                 if self.watch_patterns:
                     await pubsub.psubscribe(*self.watch_patterns)
+                await self._confirmed(pubsub, 2 + len(self.watch_patterns))
                 self.connects += 1
                 if self.connects > 1:
                     log.warning("notification listener reconnected; sweeping for lost events")
@@ -71,6 +72,29 @@ class Listener:
             if await wait_or_stop(self.stopping, backoff):
                 return
             backoff = min(backoff * 2, 2.0)
+
+    async def _confirmed(self, pubsub: Any, expected: int) -> None:
+        """Wait until the server confirmed every subscription: before that, a nudge or an
+        event may still be missed, and the caller must not count on them yet."""
+        confirmed = 0
+        while confirmed < expected:
+            message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+            if message is None:
+                raise RedisTimeoutError("no subscription confirmation within 5 s")
+            if message["type"] in ("subscribe", "psubscribe"):
+                confirmed += 1
+            elif message["type"] == "pmessage":
+                self._keyspace(message["channel"], message["data"])
+            elif message["type"] == "message":
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message["channel"] == self.wake_channel:
+            self.on_wake()
+            return
+        timer_id = self.keys.id_from_shadow(message["data"].decode("utf-8", "replace"))
+        if timer_id is not None:
+            self.on_expired(timer_id)
 
     def _keyspace(self, channel: bytes, event: bytes) -> None:
         if self.on_keyspace is None:
@@ -88,13 +112,5 @@ class Listener:
                 continue
             if message["type"] == "pmessage":
                 self._keyspace(message["channel"], message["data"])
-                continue
-            if message["type"] != "message":
-                continue
-            if message["channel"] == self.wake_channel:
-                self.on_wake()
-                continue
-            key = message["data"]
-            timer_id = self.keys.id_from_shadow(key.decode("utf-8", "replace"))
-            if timer_id is not None:
-                self.on_expired(timer_id)
+            elif message["type"] == "message":
+                self._dispatch(message)

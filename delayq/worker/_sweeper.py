@@ -60,11 +60,12 @@ class Sweeper:
             log.info("sweep fired %d overdue timer(s)", fired)
         due_scan = time.monotonic() - self._last_scan >= self.orphan_scan_interval
         if self._scan_requested or due_scan:
-            self._scan_requested = False
-            self._last_scan = time.monotonic()
             if self.scan_watched is not None:
                 await self.scan_watched()
             await self.scan_orphans()
+            # Only once it completed: a scan cut short by an error is tried again next sweep.
+            self._scan_requested = False
+            self._last_scan = time.monotonic()
 
     async def scan_orphans(self) -> None:
         repaired = 0
