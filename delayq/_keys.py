@@ -14,6 +14,10 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # Ids travel inside key names and stream fields; a bound keeps one bad id from bloating the server.
 MAX_ID_BYTES = 1024
 GROUP = "workers"
+# A shadow key lives this long past its deadline (the scripts' GRACE): a timer claimed on time
+# from the due index is deleted before it expires, so `expired` events come only from timers
+# that were not claimed in time, and the notification path costs nothing in the common case.
+SHADOW_GRACE_MS = 1000
 
 
 def check_namespace(namespace: str) -> str:

@@ -48,3 +48,21 @@ def test_constructors_do_no_io() -> None:
     delayq.Worker(app, delayq.WorkerSettings())
     delayq.EmbeddedServer()
     assert job.name.endswith("job")
+
+
+def test_lua_scripts_are_registered_and_share_the_grace() -> None:
+    import re
+    from importlib import resources
+
+    from delayq._keys import SHADOW_GRACE_MS
+    from delayq._scripts import NAMES
+
+    files = {
+        p.name[:-4]: p.read_text() for p in resources.files("delayq").joinpath("lua").iterdir()
+    }
+    assert sorted(files) == sorted(NAMES)
+    for name, text in files.items():
+        assert text.startswith(f"-- {name}.lua:"), f"{name}.lua must open with its header"
+        assert "KEYS[1]" in text.split("\n\n")[0] or "ARGV" in text, name
+        for value in re.findall(r"local GRACE = (\d+)", text):
+            assert int(value) == SHADOW_GRACE_MS, name

@@ -20,6 +20,9 @@
 --           0: no such pending timer (never existed, fired or cancelled)
 --          -1: the timer is paused (only "resume" and "pause" apply; "pause" is then a no-op)
 --          -2: "resume" of a timer that is not paused
+-- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
+-- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
+local GRACE = 1000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, op, ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -33,7 +36,7 @@ local function arm(due, duration)
   local ttl = due - now
   if ttl < 1 then ttl = 1 end
   local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  redis.call('SET', KEYS[1], duration, 'PX', ttl)
+  redis.call('SET', KEYS[1], duration, 'PX', ttl + GRACE)
   redis.call('ZADD', KEYS[3], due, id)
   if head[2] == nil or due < tonumber(head[2]) then
     redis.call('PUBLISH', ARGV[4], due)

@@ -1,6 +1,7 @@
 -- schedule.lua: arm one timer (shadow key + data key + due-index entry), atomically.
 --
--- KEYS[1]  shadow key        value = the armed duration in ms (for restart), PX = time left
+-- KEYS[1]  shadow key        value = the armed duration in ms (for restart),
+--                            PX = time left + grace
 -- KEYS[2]  data key          the msgpack payload
 -- KEYS[3]  due index         sorted set, member = timer id, score = due time (ms, server clock)
 -- KEYS[4]  paused hash       timer id -> "remaining_ms:duration_ms" of paused timers
@@ -14,6 +15,9 @@
 -- Returns {created, due_ms, now_ms, stored_payload}
 --   created = 1 when armed now; 0 when a timer with this id was already pending (or paused:
 --   due_ms is then -1), in which case stored_payload is its payload.
+-- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
+-- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
+local GRACE = 1000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -35,7 +39,7 @@ local ttl = due - now
 if ttl < 1 then ttl = 1 end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[1], ttl, 'PX', ttl)
+redis.call('SET', KEYS[1], ttl, 'PX', ttl + GRACE)
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], due, ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])

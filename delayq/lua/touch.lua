@@ -4,7 +4,7 @@
 -- fire.lua), the next touch starts a new cycle. So a touch racing the firing either lands
 -- in the pending cycle or arms the next one: never lost, never fired twice.
 --
--- KEYS[1]  shadow key        value = `seconds` in ms, PX = time left
+-- KEYS[1]  shadow key        value = `seconds` in ms, PX = time left + grace
 -- KEYS[2]  data key          the payload ("last": newest touch, "first": first touch,
 --                            "all": the call's task, the touches are in KEYS[3])
 -- KEYS[3]  items list        "all" only: one msgpack item per touch, newest last
@@ -21,6 +21,9 @@
 -- ARGV[8]  item for this touch ("all"; "" otherwise)
 --
 -- Returns {new_cycle, due_ms, now_ms, items}
+-- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
+-- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
+local GRACE = 1000
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, mode = ARGV[1], ARGV[4]
@@ -51,7 +54,7 @@ end
 local ttl = due - now
 if ttl < 1 then ttl = 1 end
 local head = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[1], window, 'PX', ttl)
+redis.call('SET', KEYS[1], window, 'PX', ttl + GRACE)
 redis.call('ZADD', KEYS[4], due, id)
 redis.call('HDEL', KEYS[6], id)
 if head[2] == nil or due < tonumber(head[2]) then
