@@ -225,6 +225,7 @@ class Touch:
 def encode_touch(
     args: tuple[Any, ...], kwargs: dict[str, Any], *, touched_ms: int, max_bytes: int
 ) -> bytes:
+    _check_encodable(args, kwargs)
     try:
         data = _pack([list(args), kwargs, touched_ms])
     except (TypeError, ValueError, OverflowError):

@@ -25,6 +25,7 @@ NAMES = (
     "fire_watch",
     "forget",
     "periodic",
+    "renew",
 )
 
 

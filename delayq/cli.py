@@ -347,3 +347,7 @@ def main() -> None:
         # Connection errors name host and port, never the password.
         typer.echo(f"error: the server failed: {type(exc).__name__}: {exc}", err=True)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -253,3 +253,80 @@ def test_periodic_list_command(
     line = next(x for x in result.output.splitlines() if "weekday_report" in x)
     assert "[0 9 * * MON-FRI]" in line and "zone=Europe/Paris" in line
     assert "next=" in line and " 09:00:00 CE" in line and "last=-" in line
+
+
+def test_tick_of_a_killed_worker_runs_again_despite_its_lock(
+    server: object, namespace: str, rclient: redis.Redis, tmp_path: object
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    url = server.url  # type: ignore[attr-defined]
+    # Make the first tick due now: arm the schedule's state by hand as a worker would.
+    args = [sys.executable, "-m", "delayq", "worker", "-A", "tests.periodic_slow_app:app",
+            "--url", url, "--namespace", namespace, "--visibility-timeout", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    second = None
+    try:
+        app = Delayq(url, namespace=namespace)
+        wait_until(lambda: app.timers(), timeout=20)
+        (tick,) = app.timers()
+        assert tick.reschedule(delay=0)  # the 30 s tick, due now
+        started = f"test:{namespace}:started"
+        wait_until(lambda: rclient.llen(started) == 1, timeout=20)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        # Taken over after the visibility timeout; its own lock must not make it skip.
+        wait_until(lambda: rclient.llen(f"test:{namespace}:done") == 1, timeout=30)
+        assert rclient.llen(started) == 2
+        app.close()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_catch_up_all_runs_every_missed_tick(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    runs: list[float] = []
+
+    @app.periodic(every=dt.timedelta(seconds=1), catch_up="all")
+    def each() -> None:
+        runs.append(time.time())
+
+    runner = start_worker(app, SECOND_TICKS)
+    wait_until(lambda: runs, timeout=10)
+    runner.stop()
+    stopped = time.time()
+    time.sleep(3.2)  # downtime: three ticks are missed (not a correctness wait)
+    start_worker(app, SECOND_TICKS)
+    wait_until(lambda: len([r for r in runs if r > stopped]) >= 4, timeout=10)
+    caught_up = [r for r in runs if r > stopped]
+    assert caught_up[2] - caught_up[0] < 0.9, "missed ticks run one after another at once"
+
+
+def test_cancelled_tick_is_re_armed_by_the_sweeper(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    runs: list[float] = []
+
+    @app.periodic(every=dt.timedelta(seconds=1))
+    def beat() -> None:
+        runs.append(time.time())
+
+    start_worker(app, SECOND_TICKS)
+    wait_until(lambda: app.timers(), timeout=10)
+    for timer in app.timers():
+        timer.cancel()  # the pending tick is gone: the schedule must not stop
+    count = len(runs)
+    wait_until(lambda: len(runs) >= count + 2, timeout=10)

@@ -150,3 +150,22 @@ def test_worker_clock_minutes_off(
     wait_until(lambda: len(ran) == 5, timeout=10)
     lateness = [at - t.due_ms for at, t in zip(sorted(ran), timers, strict=True)]
     assert all(-5 <= late < 500 for late in lateness), lateness
+
+
+def test_touch_arguments_checked_at_touch_time(app: Delayq) -> None:
+    from delayq import Touch
+
+    @app.debounced(seconds=1, key="k", payload="all")
+    def digest(touches: list[Touch]) -> None: ...
+
+    with pytest.raises(PayloadError, match="map key of type int"):
+        digest.touch({1: "a"})
+    assert app.pending_count() == 0
+
+
+def test_python_dash_m_delayq() -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "delayq", "--help"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "worker" in result.stdout

@@ -141,3 +141,19 @@ def test_watch_declaration_errors(app: Delayq) -> None:
         app.on_expire("a*", delete_data=True)
     with pytest.raises(ConfigurationError, match="suffix"):
         app.on_expire("a*", data="x{other}")
+
+
+def test_key_expired_early_fires_at_once_and_odd_companion_is_absent(
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    fired = watcher_app(app)
+    start_worker(app)
+    ns = app.namespace
+    rclient.rpush(f"{ns}:device_data:listy", "not a string")
+    rclient.set(f"{ns}:last_seen:listy", "1", px=60_000)
+    wait_until(lambda: app.pending_count() == 1, timeout=10)
+    start = time.time()
+    rclient.pexpire(f"{ns}:last_seen:listy", 1)  # expires now, long before its deadline
+    wait_until(lambda: fired, timeout=10)
+    assert time.time() - start < 5
+    assert fired[0][1:3] == ("listy", None)

@@ -32,7 +32,9 @@ for i = 1, n do
   local base = 4 * i
   local watched, data, companion, marker = KEYS[base], KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
   local score = redis.call('ZSCORE', KEYS[1], id)
-  local due = score and tonumber(score) <= now
+  -- An expired notification for a key with a timer means it expired early (e.g. EXPIRE 0):
+  -- the key's time left, checked below, decides.
+  local due = score and (tonumber(score) <= now or mode == 'expired')
   local unseen = (not score) and mode == 'expired' and redis.call('EXISTS', marker) == 0
   if due or unseen then
     local left = redis.call('PTTL', watched)
@@ -48,7 +50,11 @@ for i = 1, n do
       redis.call('SET', marker, 1, 'PX', marker_ms)
       local due_at = score or now
       local value = false
-      if companion ~= '' then value = redis.call('GET', companion) end
+      -- A companion of another type than string is passed as absent, not as an error that
+      -- would abort the claim after the timer was already removed.
+      if companion ~= '' and redis.call('TYPE', companion).ok == 'string' then
+        value = redis.call('GET', companion)
+      end
       if value then
         redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', due_at, 'w', value)
       else

@@ -80,21 +80,27 @@ async def _probe_events(client: AsyncClient, keys: Keys, *, keyspace: bool) -> b
     """Set a short-lived key and see which notifications arrive for it."""
     probe = keys.probe(secrets.token_hex(6))
     db = _db(client)
-    wanted = {Keys.expired_channel(db)}
+    expired_channel = Keys.expired_channel(db)
+    keyspace_channel = Keys.keyspace_pattern(db, probe)
+    # "set" needs the $ class, "expire" (from SET ... PX) the g class, "expired" E and x.
+    missing = {("expired", expired_channel)}
     if keyspace:
-        wanted.add(Keys.keyspace_pattern(db, probe))  # its "expire" event, from SET ... PX
+        missing |= {("set", keyspace_channel), ("expire", keyspace_channel)}
     pubsub = client.pubsub()
     try:
-        await pubsub.subscribe(*wanted)
+        await pubsub.subscribe(*{channel for _, channel in missing})
         await client.set(probe, "1", px=20)
         await asyncio.sleep(0.05)
         await client.exists(probe)  # an access expires the key lazily and publishes at once
         deadline = asyncio.get_running_loop().time() + 2.0
-        while wanted and asyncio.get_running_loop().time() < deadline:
+        while missing and asyncio.get_running_loop().time() < deadline:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-            if message and (_text(message["data"]) == probe or _text(message["data"]) == "expire"):
-                wanted.discard(_text(message["channel"]))
-        return not wanted
+            if message is None:
+                continue
+            channel, data = _text(message["channel"]), _text(message["data"])
+            event = "expired" if channel == expired_channel and data == probe else data
+            missing.discard((event, channel))
+        return not missing
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -131,6 +131,9 @@ class Engine:
                            k.wake_channel, cancel_id or ""]  # fmt: skip
         return int(await self.scripts["periodic"](keys=keys, args=args))
 
+    async def renew(self, lock: str, token: str, ttl_ms: int) -> bool:
+        return bool(await self.scripts["renew"](keys=[lock], args=[token, ttl_ms]))
+
     async def forget(self, companion: str, value: bytes) -> None:
         await self.scripts["forget"](keys=[companion], args=[value])
 

@@ -32,6 +32,7 @@ class PeriodicRunner:
         self.lock_ttl_ms = lock_ttl_ms
         self.periodics: dict[str, Periodic[Any, Any]] = dict(app.periodics)
         self.held_locks: dict[str, str] = {}  # lock key -> token (the delivery's entry id)
+        self.deferred: dict[str, int] = {}  # entry id -> tick whose successor is armed after it
         self.skipped = 0
 
     async def state(self, name: str) -> State:
@@ -93,31 +94,48 @@ class PeriodicRunner:
             return "run"  # a retry of a tick, under another id: just run it
         _name, tick_ms = parsed
         now = await self.engine.server_time_ms()
-        seen = await self.state(task.name)
-        if seen.sig == task.periodic.schedule.signature and seen.armed == str(tick_ms):
-            await self._arm(task, seen, task.chained_tick_ms(tick_ms, now))
+        following = task.chained_tick_ms(tick_ms, now)
+        if following > now:
+            await self.advance(task, tick_ms, now)
+        else:
+            # Catching up missed ticks one by one (catch_up="all"): the next is armed when
+            # this run is over, so that the overlap rule does not drop it.
+            self.deferred[d.entry_id] = tick_ms
         if (task.periodic.catch_up == "none" and attempt == 0
                 and now - d.due_ms > MISFIRE_GRACE_MS):  # fmt: skip
             log.info("skipping missed tick of %s (catch_up='none')", task.name)
             self.skipped += 1
+            await self._advance_deferred(task, d)
             return "skip"
         if task.periodic.overlap == "allow":
             return "run"
         lock = self.app.keys.periodic_lock(task.name)
-        if await self.engine.client.set(lock, d.entry_id, nx=True, px=self.lock_ttl_ms):
+        taken = await self.engine.client.set(lock, d.entry_id, nx=True, px=self.lock_ttl_ms)
+        # The same delivery again (its worker died mid-run): the lock is its own.
+        if taken or await self.engine.renew(lock, d.entry_id, self.lock_ttl_ms):
             self.held_locks[lock] = d.entry_id
             return "run"
         if task.periodic.overlap == "skip":
             log.info("skipping a tick of %s: the previous run is still running", task.name)
             self.skipped += 1
+            await self._advance_deferred(task, d)
             return "skip"
+        await self._advance_deferred(task, d)
         return "requeued"
+
+    async def advance(self, task: Periodic[Any, Any], tick_ms: int, now: int) -> None:
+        """Arm the tick after ``tick_ms``, unless another worker or a new schedule did."""
+        seen = await self.state(task.name)
+        if seen.sig == task.periodic.schedule.signature and seen.armed == str(tick_ms):
+            await self._arm(task, seen, task.chained_tick_ms(tick_ms, now))
 
     async def after_run(self, task: Periodic[Any, Any], d: Delivery) -> None:
         lock = self.app.keys.periodic_lock(task.name)
         token = self.held_locks.pop(lock, None)
         if token is not None:
             await self.engine.forget(lock, token.encode())
+        # Released first: the deferred next tick may be due at once and must find it free.
+        await self._advance_deferred(task, d)
         parsed = tick_of(d.timer_id)
         if parsed is not None:
             await self.engine.client.hset(
@@ -125,6 +143,16 @@ class PeriodicRunner:
                 mapping={"last_run": parsed[1], "last_run_at": d.fired_ms},
             )
 
+    async def _advance_deferred(self, task: Periodic[Any, Any], d: Delivery) -> None:
+        deferred = self.deferred.pop(d.entry_id, None)
+        if deferred is not None:
+            await self.advance(task, deferred, await self.engine.server_time_ms())
+
     async def refresh_locks(self) -> None:
-        for lock in list(self.held_locks):
-            await self.engine.client.pexpire(lock, self.lock_ttl_ms)
+        for lock, token in list(self.held_locks.items()):
+            await self.engine.renew(lock, token, self.lock_ttl_ms)
+
+    async def keep_armed(self) -> None:
+        """Every sweep: re-arm a schedule whose pending tick was cancelled or lost."""
+        for task in self.periodics.values():
+            await self.register(task)

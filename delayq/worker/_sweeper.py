@@ -37,8 +37,10 @@ class Sweeper:
         *,
         orphan_scan_interval: float,
         scan_watched: Callable[[], Awaitable[None]] | None = None,
+        each_sweep: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.engine = engine
+        self.each_sweep = each_sweep
         self.scan_watched = scan_watched
         self.firing = firing
         self.orphan_scan_interval = orphan_scan_interval
@@ -55,6 +57,8 @@ class Sweeper:
     async def sweep(self) -> None:
         self.counters.sweeps += 1
         fired, _next = await self.firing.fire_due()
+        if self.each_sweep is not None:
+            await self.each_sweep()
         if fired:
             self.counters.fired_overdue += fired
             log.info("sweep fired %d overdue timer(s)", fired)

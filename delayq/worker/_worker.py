@@ -145,6 +145,7 @@ class Worker:
         sweeper = self._sweeper = Sweeper(
             engine, firing, orphan_scan_interval=settings.orphan_scan_interval,
             scan_watched=watching.scan if watching.active else None,
+            each_sweep=periodics.keep_armed if periodics.periodics else None,
         )  # fmt: skip
         listener = Listener(
             listen_client, app.keys, _db(client),

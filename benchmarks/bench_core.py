@@ -1,0 +1,433 @@
+"""Core benchmarks of delayq against the bundled Valkey server; prints one table.
+
+1. schedule throughput: one ``Task.schedule`` call per timer, and ``Delayq.schedule_many``
+2. end-to-end fire lateness with many far-future timers pending and thousands falling due a second
+3. no-op jobs executed per second by one worker process
+4. server memory per pending timer
+
+Workers run as separate processes (``delayq worker``), so they never share a GIL with this one.
+Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_core.py            # full sizes, a few minutes
+    .venv/bin/python benchmarks/bench_core.py --quick    # small sizes, well under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import redis
+from bench_tasks import BenchTasks, lateness_key, ping_key, register
+
+from delayq import Delayq, EmbeddedServer, ScheduleRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_APP = "benchmarks.bench_tasks:app"
+# Far-future timers are spread over a week starting a day out: none fires during the run, and
+# their random deadlines insert all over the due index, as real timers would.
+FAR_DELAY_S = 86_400.0
+FAR_SPREAD_S = 7 * 86_400.0
+PREPARE_CHUNK = 10_000  # requests built per schedule_many call: bounds this process's memory
+POLL_S = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    single: int
+    batch: int
+    pending: int
+    due: int
+    window: float
+    noop: int
+    concurrency: int
+    seed: int
+
+
+FULL = Config(single=20_000, batch=200_000, pending=1_000_000, due=20_000, window=10.0,
+              noop=100_000, concurrency=200, seed=1)  # fmt: skip
+QUICK = replace(FULL, single=2_000, batch=20_000, pending=50_000, due=4_000, window=2.0,
+                noop=10_000)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    measurement: str
+    figure: str
+    target: str = "-"
+    ok: bool | None = None
+
+
+# -- the worker process -------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """``delayq worker`` for one namespace as a child process, stopped on exit (also on error)."""
+
+    def __init__(self, url: str, namespace: str, concurrency: int, log_path: Path) -> None:
+        self.namespace = namespace
+        self.log_path = log_path
+        self.args = [
+            sys.executable, "-c", "from delayq.cli import main; main()",
+            "worker", "-A", WORKER_APP, "--url", url, "--namespace", namespace,
+            "--concurrency", str(concurrency), "--shutdown-timeout", "5",
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkerProcess:
+        # A file, not a pipe: nobody reads the worker's log while it runs, and a full pipe
+        # would block it.
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # SIGTERM: the worker finishes or hands back its jobs and exits
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def check_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"the worker process exited; its log ends with:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text[-chars:]
+
+    def wait_ready(self, tasks: BenchTasks, client: redis.Redis, timeout: float = 60.0) -> None:
+        """Run one job through the worker: then it is connected, subscribed and consuming."""
+        tasks.ping.schedule()
+        deadline = time.monotonic() + timeout
+        while client.blpop([ping_key(self.namespace)], timeout=1) is None:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready within {timeout}s:\n{self.log_tail()}")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def fresh_app(url: str, namespace: str, client: redis.Redis) -> tuple[Delayq, BenchTasks]:
+    # Each measurement starts from an empty server: a worker's start-up scan walks the whole
+    # keyspace, and leftovers would skew the memory figures. SYNC: a lazy (background) flush
+    # would still be freeing memory while the next one is measured.
+    client.execute_command("FLUSHALL", "SYNC")  # type: ignore[no-untyped-call]
+    app = Delayq(url, namespace=namespace)
+    return app, register(app)
+
+
+def from_ms(ms: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def used_memory(client: redis.Redis) -> int:
+    info: dict[str, Any] = client.info("memory")
+    return int(info["used_memory"])
+
+
+def arm_far(app: Delayq, tasks: BenchTasks, count: int, rng: random.Random) -> int:
+    """Arm ``count`` far-future no-op timers with the batch API; returns their payload bytes."""
+    payload_bytes = 0
+    for start in range(0, count, PREPARE_CHUNK):
+        stop = min(count, start + PREPARE_CHUNK)
+        reqs = [
+            tasks.noop.prepare(i, delay=FAR_DELAY_S + rng.random() * FAR_SPREAD_S)
+            for i in range(start, stop)
+        ]
+        payload_bytes += sum(len(r.payload) for r in reqs)
+        app.schedule_many(reqs)
+    return payload_bytes
+
+
+def arm_all(app: Delayq, reqs: list[ScheduleRequest]) -> list[int]:
+    """Arm prepared timers with the batch API; returns their due times (ms)."""
+    due: list[int] = []
+    for start in range(0, len(reqs), PREPARE_CHUNK):
+        due += [t.due_ms for t in app.schedule_many(reqs[start : start + PREPARE_CHUNK])]
+    return due
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.0f} /s"
+
+
+# -- 1. schedule throughput ---------------------------------------------------------------------
+
+
+def bench_schedule(url: str, cfg: Config, client: redis.Redis) -> tuple[list[Row], float]:
+    """Rows, and the batch rate (timers/s) later phases use to leave time for scheduling."""
+    app, tasks = fresh_app(url, "bench-sched", client)
+    rng = random.Random(cfg.seed)
+    tasks.noop.schedule(0, delay=FAR_DELAY_S)  # connect and load the script outside the clock
+
+    started = time.perf_counter()
+    for i in range(cfg.single):
+        tasks.noop.schedule(i, delay=FAR_DELAY_S + rng.random() * FAR_SPREAD_S)
+    single_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    arm_far(app, tasks, cfg.batch, rng)
+    batch_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for i in range(min(cfg.batch, 50_000)):
+        tasks.noop.prepare(i, delay=FAR_DELAY_S)
+    prepare_s = time.perf_counter() - started
+    app.close()
+    rows = [
+        Row(f"schedule(): one call per timer ({cfg.single:,})", rate(cfg.single, single_s)),
+        Row(f"schedule_many() incl. prepare() ({cfg.batch:,})", rate(cfg.batch, batch_s)),
+        Row("  of which prepare() alone", rate(min(cfg.batch, 50_000), prepare_s)),
+    ]
+    return rows, cfg.batch / batch_s
+
+
+# -- 2 and 4. memory per pending timer, then fire lateness with them pending -------------------
+
+
+def bench_pending(
+    url: str, cfg: Config, batch_rate: float, client: redis.Redis, workdir: Path
+) -> list[Row]:
+    ns = "bench-late"
+    app, tasks = fresh_app(url, ns, client)
+    log = workdir / "worker-late.log"
+    # The worker starts on an empty keyspace (so its start-up scan is instant) and stays up
+    # while the pending timers are armed: the window below then sees a steady-state worker.
+    with WorkerProcess(url, ns, cfg.concurrency, log) as worker:
+        worker.wait_ready(tasks, client)
+        before = used_memory(client)
+        payload_bytes = arm_far(app, tasks, cfg.pending, random.Random(cfg.seed))
+        after = used_memory(client)
+        lateness, overran = fire_window(app, tasks, cfg, batch_rate, client, worker)
+    app.close()
+    memory = memory_rows(cfg.pending, after - before, payload_bytes)
+    return memory + lateness_rows(cfg, lateness, overran)
+
+
+def fire_window(
+    app: Delayq,
+    tasks: BenchTasks,
+    cfg: Config,
+    batch_rate: float,
+    client: redis.Redis,
+    worker: WorkerProcess,
+) -> tuple[list[float], bool]:
+    """Arm ``cfg.due`` timers spread evenly over ``cfg.window`` s; return their lateness (ms)."""
+    # Scheduling must be over before the first one falls due: the window measures the worker
+    # alone, not the worker competing with this process's scheduling burst.
+    lead_s = 1.0 + 3 * cfg.due / batch_rate
+    first_ms = (time.time() + lead_s) * 1000
+    step_ms = cfg.window * 1000 / cfg.due
+    due = [round(first_ms + i * step_ms) for i in range(cfg.due)]
+    reqs = [tasks.record.prepare(ms, at=from_ms(ms)) for ms in due]
+    if arm_all(app, reqs) != due:
+        # Each job computes its lateness from the due time it carries: it must be the real one.
+        raise RuntimeError("the server armed the timers at other times than requested")
+    overran = time.time() * 1000 > first_ms
+    key = lateness_key(app.namespace)
+    give_up = time.monotonic() + lead_s + cfg.window + 30
+    while client.llen(key) < cfg.due and time.monotonic() < give_up:
+        worker.check_alive()
+        time.sleep(0.1)
+    return [float(v) for v in client.lrange(key, 0, -1)], overran
+
+
+def memory_rows(count: int, grown: int, payload_bytes: int) -> list[Row]:
+    per_timer = grown / count
+    payload = payload_bytes / count
+    overhead = per_timer - payload
+    return [
+        Row(f"server memory per pending timer ({count:,})", f"{per_timer:,.1f} B"),
+        Row("  payload (msgpack) per timer", f"{payload:,.1f} B"),
+        Row("  per timer minus payload", f"{overhead:,.1f} B", "<= 250 B", overhead <= 250),
+    ]
+
+
+def lateness_rows(cfg: Config, lateness: list[float], overran: bool) -> list[Row]:
+    falling = f"{cfg.due / cfg.window:,.0f} /s"
+    head = f"lateness, {cfg.pending:,} pending, {falling} due"
+    rows = [
+        Row(f"timers falling due ({cfg.due:,} over {cfg.window:g} s)", falling, ">= 2,000 /s",
+            cfg.due / cfg.window >= 2000),
+        Row("  of them executed", f"{len(lateness):,}", f"{cfg.due:,}", len(lateness) == cfg.due),
+    ]  # fmt: skip
+    if overran:
+        rows.append(Row("  WARNING: scheduling overran the first deadline", "", "", False))
+    if len(lateness) < 2:
+        return rows
+    cuts = statistics.quantiles(lateness, n=100, method="inclusive")
+    return [
+        *rows,
+        Row(f"{head} p50", f"{cuts[49]:.2f} ms"),
+        Row(f"{head} p99", f"{cuts[98]:.2f} ms", "<= 10 ms", cuts[98] <= 10),
+        Row(f"{head} max", f"{max(lateness):.2f} ms"),
+        Row(f"{head} min", f"{min(lateness):.2f} ms", ">= 0 ms (never early)",
+            min(lateness) >= 0),
+    ]  # fmt: skip
+
+
+# -- 3. no-op jobs per second -------------------------------------------------------------------
+
+
+def bench_noop(
+    url: str, cfg: Config, batch_rate: float, client: redis.Redis, workdir: Path
+) -> list[Row]:
+    ns = "bench-noop"
+    app, tasks = fresh_app(url, ns, client)
+    with WorkerProcess(url, ns, cfg.concurrency, workdir / "worker-noop.log") as worker:
+        worker.wait_ready(tasks, client)
+        # All due at one instant after scheduling ends, so the worker (already warm and idle)
+        # is timed alone, from that instant until the last job is acknowledged.
+        due_s = time.time() + 1.0 + 3 * cfg.noop / batch_rate
+        at = from_ms(due_s * 1000)
+        arm_all(app, [tasks.noop.prepare(i, at=at) for i in range(cfg.noop)])
+        overran = time.time() > due_s
+        drained = wait_drained(app, client, worker, timeout=60 + cfg.noop / 1000)
+        dead = int(client.xlen(app.keys.dead))
+    app.close()
+    per_s = cfg.noop / (drained - due_s)
+    label = f"no-op jobs/s, 1 worker, async, concurrency {cfg.concurrency} ({cfg.noop:,})"
+    rows = [Row(label, f"{per_s:,.0f} /s", ">= 10,000 /s", per_s >= 10_000)]
+    if dead or overran:
+        rows.append(Row(f"  WARNING: dead letters {dead}, scheduling overran {overran}", ""))
+    return rows
+
+
+def wait_drained(app: Delayq, client: redis.Redis, worker: WorkerProcess, timeout: float) -> float:
+    """time.time() once no timer is pending and every fired job is acknowledged."""
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        pipe = client.pipeline(transaction=False)
+        pipe.zcard(app.keys.index)
+        pipe.xlen(app.keys.ready)
+        pending, unacked = pipe.execute()
+        if pending == 0 and unacked == 0:
+            return time.time()
+        worker.check_alive()
+        time.sleep(POLL_S)
+    raise RuntimeError(f"jobs not drained within {timeout:.0f}s:\n{worker.log_tail()}")
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def print_table(rows: list[Row]) -> None:
+    cells = [(r.measurement, r.figure, r.target, verdict(r.ok)) for r in rows]
+    header = ("measurement", "result", "target", "")
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(4)]
+
+    def line(c: tuple[str, str, str, str]) -> str:
+        return f"{c[0]:<{widths[0]}}  {c[1]:>{widths[1]}}  {c[2]:<{widths[2]}}  {c[3]}".rstrip()
+
+    print(line(header))
+    print("-" * (sum(widths) + 6))
+    for c in cells:
+        print(line(c))
+
+
+def verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("ok" if ok else "MISS")
+
+
+def describe(cfg: Config, client: redis.Redis) -> str:
+    server: dict[str, Any] = client.info("server")
+    version = server.get("valkey_version") or server.get("redis_version")
+    return (
+        f"valkey {version} (bundled, appendonly off), python {platform.python_version()}, "
+        f"{os.cpu_count()} CPU(s), {platform.machine()}\n"
+        f"worker: 1 process, --concurrency {cfg.concurrency}, async tasks"
+    )
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes for a fast run")
+    parser.add_argument("--single", type=int, help=f"schedule() calls (default {FULL.single:,})")
+    parser.add_argument("--batch", type=int, help=f"schedule_many() timers ({FULL.batch:,})")
+    parser.add_argument("--pending", type=int, help=f"far-future timers ({FULL.pending:,})")
+    parser.add_argument("--due", type=int, help=f"timers falling due in the window ({FULL.due:,})")
+    parser.add_argument("--window", type=float, help=f"seconds they fall due over ({FULL.window})")
+    parser.add_argument("--noop", type=int, help=f"no-op jobs to drain ({FULL.noop:,})")
+    parser.add_argument("--concurrency", type=int, help=f"worker concurrency ({FULL.concurrency})")
+    parser.add_argument("--seed", type=int, help="random seed for the far-future deadlines")
+    ns = parser.parse_args(argv)
+    base = QUICK if ns.quick else FULL
+    # Explicit sizes win over --quick's.
+    given = {k: v for k, v in vars(ns).items() if k != "quick" and v is not None}
+    cfg = replace(base, **given)
+    if min(cfg.single, cfg.batch, cfg.pending, cfg.due, cfg.noop, cfg.concurrency) < 1:
+        parser.error("sizes and --concurrency must be at least 1")
+    if cfg.window <= 0:
+        parser.error("--window must be positive")
+    return cfg
+
+
+def run(cfg: Config, url: str, workdir: Path) -> Iterator[Row]:
+    client = redis.Redis.from_url(url)
+    try:
+        print(describe(cfg, client), flush=True)
+        rows, batch_rate = bench_schedule(url, cfg, client)
+        yield from rows
+        yield from bench_noop(url, cfg, batch_rate, client, workdir)
+        yield from bench_pending(url, cfg, batch_rate, client, workdir)
+    finally:
+        client.close()
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so the worker and server are stopped on the way out.
+    sys.exit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.perf_counter()
+    rows: list[Row] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="delayq-bench-") as tmp,
+        EmbeddedServer(appendonly=False) as server,
+    ):
+        for row in run(cfg, server.url, Path(tmp)):
+            rows.append(row)
+            print(f"  {row.measurement}: {row.figure}", flush=True)
+    print()
+    print_table(rows)
+    print(f"\ntotal time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m delayq`` runs the delayq command."""
+
+from delayq.cli import main
+
+main()
