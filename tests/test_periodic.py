@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 import time
 from collections import Counter
@@ -330,3 +331,21 @@ def test_cancelled_tick_is_re_armed_by_the_sweeper(
         timer.cancel()  # the pending tick is gone: the schedule must not stop
     count = len(runs)
     wait_until(lambda: len(runs) >= count + 2, timeout=10)
+
+
+def test_overlap_queue_runs_late_ticks_after_the_previous_run(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    spans: list[tuple[float, float]] = []
+
+    @app.periodic(every=dt.timedelta(seconds=1), overlap="queue")
+    def queued() -> None:
+        start = time.time()
+        time.sleep(1.5)
+        spans.append((start, time.time()))
+
+    start_worker(app, SECOND_TICKS)
+    wait_until(lambda: len(spans) >= 3, timeout=20)
+    ordered = sorted(spans)
+    for (_, end), (start, _) in itertools.pairwise(ordered):
+        assert start >= end - 0.05, "a queued tick ran while the previous run was running"
