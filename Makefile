@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test demo bench clean
+.PHONY: install format lint mypy test demo demo-heartbeat bench bench-debounce clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,14 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+demo-heartbeat: $(STAMP)
+	$(BIN)/python examples/heartbeat_demo.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+bench-debounce: $(STAMP)
+	$(BIN)/python benchmarks/bench_debounce.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -56,6 +56,21 @@ class TaskRegistry:
         return iter(list(self._tasks.values()))
 
 
+def retry_policy(
+    retries: int,
+    retry_backoff: Delay,
+    retry_backoff_max: Delay,
+    retry_for: tuple[type[BaseException], ...],
+) -> RetryPolicy:
+    """Validate retry settings when a task is declared, not when it first fails."""
+    return RetryPolicy(
+        retries=retries,
+        backoff=delay_seconds(retry_backoff, name="retry_backoff"),
+        backoff_max=delay_seconds(retry_backoff_max, name="retry_backoff_max"),
+        retry_for=tuple(retry_for),
+    )
+
+
 def build_options(
     fn: Callable[..., Any],
     *,
@@ -66,12 +81,7 @@ def build_options(
     retry_for: tuple[type[BaseException], ...],
     delay: Delay | None,
 ) -> TaskOptions:
-    policy = RetryPolicy(
-        retries=retries,
-        backoff=delay_seconds(retry_backoff, name="retry_backoff"),
-        backoff_max=delay_seconds(retry_backoff_max, name="retry_backoff_max"),
-        retry_for=tuple(retry_for),
-    )
+    policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
     default_delay = 0.0 if delay is None else delay_seconds(delay)
     return TaskOptions(name or default_task_name(fn), policy, default_delay)
 
@@ -175,17 +185,10 @@ class Delayq:
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task. ``delay=`` sets the default delay used by ``Task.delay``."""
 
+        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+
         def decorate(func: Callable[P, R]) -> Task[P, R]:
-            options = build_options(
-                func,
-                name=name,
-                retries=retries,
-                retry_backoff=retry_backoff,
-                retry_backoff_max=retry_backoff_max,
-                retry_for=retry_for,
-                delay=delay,
-            )
-            task = Task(func, options, lambda: self)
+            task = Task(func, self._options(func, name, policy, delay), lambda: self)
             self.tasks.add(task)
             return task
 
@@ -257,17 +260,12 @@ class Delayq:
             seconds=seconds, key=key, payload=payload, max_items=max_items, max_wait=max_wait
         )
 
+        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+
         def decorate(func: Callable[P, R]) -> Debounced[P, R]:
-            options = build_options(
-                func,
-                name=name,
-                retries=retries,
-                retry_backoff=retry_backoff,
-                retry_backoff_max=retry_backoff_max,
-                retry_for=retry_for,
-                delay=seconds,
+            task = Debounced(
+                func, self._options(func, name, policy, seconds), lambda: self, debounce
             )
-            task = Debounced(func, options, lambda: self, debounce)
             self.tasks.add(task)
             return task
 
@@ -294,17 +292,10 @@ class Delayq:
         """
         spec = WatchSpec(pattern, data, delete_data)
 
+        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+
         def decorate(func: Callable[P, R]) -> Watcher[P, R]:
-            options = build_options(
-                func,
-                name=name,
-                retries=retries,
-                retry_backoff=retry_backoff,
-                retry_backoff_max=retry_backoff_max,
-                retry_for=retry_for,
-                delay=None,
-            )
-            watcher = Watcher(func, options, lambda: self, spec)
+            watcher = Watcher(func, self._options(func, name, policy, None), lambda: self, spec)
             self.tasks.add(watcher)
             self.watchers[watcher.name] = watcher
             return watcher
@@ -340,22 +331,24 @@ class Delayq:
             max_catch_up=max_catch_up,
         )  # fmt: skip
 
+        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+
         def decorate(func: Callable[P, R]) -> Periodic[P, R]:
-            options = build_options(
-                func,
-                name=name,
-                retries=retries,
-                retry_backoff=retry_backoff,
-                retry_backoff_max=retry_backoff_max,
-                retry_for=retry_for,
-                delay=None,
+            task = Periodic(
+                func, self._options(func, name, policy, None), lambda: self, options_periodic
             )
-            task = Periodic(func, options, lambda: self, options_periodic)
             self.tasks.add(task)
             self.periodics[task.name] = task
             return task
 
         return decorate
+
+    @staticmethod
+    def _options(
+        func: Callable[..., Any], name: str | None, policy: RetryPolicy, delay: Delay | None
+    ) -> TaskOptions:
+        default_delay = 0.0 if delay is None else delay_seconds(delay)
+        return TaskOptions(name or default_task_name(func), policy, default_delay)
 
     def register(self, task: Task[Any, Any]) -> None:
         """Make a task declared elsewhere (e.g. with ``delayq.task``) known to this app."""

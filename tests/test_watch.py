@@ -157,3 +157,24 @@ def test_key_expired_early_fires_at_once_and_odd_companion_is_absent(
     wait_until(lambda: fired, timeout=10)
     assert time.time() - start < 5
     assert fired[0][1:3] == ("listy", None)
+
+
+def test_comeback_right_after_an_alert_alerts_again(
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    """An expiry and the key's next life can arrive together: both must count."""
+    fired = watcher_app(app)
+    start_worker(app)
+    ns = app.namespace
+    keys = [f"{ns}:last_seen:{i}" for i in range(300)]
+    pipe = rclient.pipeline(transaction=False)
+    for i, key in enumerate(keys):
+        pipe.set(key, "1", px=400 + i * 2)
+    pipe.execute()
+    wait_until(lambda: len(fired) == 300, timeout=20)
+    for key in keys:  # every device comes back at once, then goes silent again
+        pipe.set(key, "2", px=300)
+    pipe.execute()
+    wait_until(lambda: len(fired) == 600, timeout=20)
+    time.sleep(0.5)
+    assert len(fired) == 600

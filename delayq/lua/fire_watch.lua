@@ -38,8 +38,9 @@ for i = 1, n do
   local unseen = (not score) and mode == 'expired' and redis.call('EXISTS', marker) == 0
   if due or unseen then
     local left = redis.call('PTTL', watched)
-    if left > 0 then
-      if score then redis.call('ZADD', KEYS[1], now + left, id) end
+    if left >= 0 then
+      -- Still there (0: it expires within this millisecond): try again at its deadline.
+      if score then redis.call('ZADD', KEYS[1], now + math.max(left, 1), id) end
     elseif left == -1 then
       redis.call('ZREM', KEYS[1], id)
       redis.call('DEL', data)

@@ -19,6 +19,7 @@ from delayq.worker._engine import AsyncClient
 from delayq.worker._loops import wait_or_stop
 
 log = logging.getLogger("delayq.worker")
+YIELD_EVERY = 50
 
 
 class Listener:
@@ -106,8 +107,14 @@ class Listener:
         self.on_keyspace(key, event.decode(errors="replace"))
 
     async def _receive(self, pubsub: Any) -> None:
+        handled = 0
         while not self.stopping.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # Buffered messages are parsed without yielding; expirations of many unrelated
+                # keys would otherwise stall the deadline loop sharing this event loop.
+                await asyncio.sleep(0)
             if message is None:
                 continue
             if message["type"] == "pmessage":

@@ -30,7 +30,9 @@ class Watching:
         self.batch = batch
         self.stopping = stopping
         self.watchers: dict[str, Watcher[Any, Any]] = dict(app.watchers)
-        self.pending: dict[str, str] = {}  # key -> last event seen
+        # key -> [expired seen, last other event]: an expiry and the key's next life (a SET
+        # right after) can arrive in one batch, and both must be acted on, in that order.
+        self.pending: dict[str, list[Any]] = {}
         self.ready = asyncio.Event()
         self.scan_requested = asyncio.Event()
         self.armed = 0
@@ -54,8 +56,11 @@ class Watching:
 
     def event(self, key: str, event: str) -> None:
         """A keyspace event for a watched key (called by the listener)."""
-        if event == "expired" or self.pending.get(key) != "expired":
-            self.pending[key] = event
+        state = self.pending.setdefault(key, [False, None])
+        if event == "expired":
+            state[0], state[1] = True, None  # what came before the expiry no longer matters
+        else:
+            state[1] = event
         self.ready.set()
 
     async def run_events(self) -> None:
@@ -69,25 +74,25 @@ class Watching:
                 try:
                     await self._apply(chunk)
                 except Exception:
-                    for key, event in chunk.items():
-                        self.pending.setdefault(key, event)
+                    for key, state in chunk.items():
+                        self.pending.setdefault(key, state)
                     raise
 
-    async def _apply(self, events: dict[str, str]) -> None:
+    async def _apply(self, events: dict[str, list[Any]]) -> None:
         expired, rearm, gone = [], [], []
-        for key, event in events.items():
+        for key, (was_expired, event) in events.items():
             found = self.targets(key)
-            if event == "expired":
+            if was_expired:
                 expired += found
-            elif event in GONE_EVENTS:
+            if event in GONE_EVENTS:
                 gone += found
             elif event in REARM_EVENTS:
                 rearm += found
+        if expired:  # the old life's expiry first, then the new life's deadline
+            await self.engine.fire_watch(expired, expired=True)
         if rearm:
             await self.engine.watch(rearm)
             self.armed += len(rearm)
-        if expired:
-            await self.engine.fire_watch(expired, expired=True)
         for target in gone:
             # Deleted, not expired: nothing to react to.
             await self.engine.cancel(target.timer_id)
