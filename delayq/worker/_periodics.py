@@ -61,11 +61,18 @@ class PeriodicRunner:
             if name not in self.periodics:
                 await self.remove(name)
 
-    async def register(self, task: Periodic[Any, Any]) -> None:
-        await self.engine.client.sadd(self.app.keys.periodics, task.name)
+    async def register(self, task: Periodic[Any, Any], *, replace: bool = True) -> None:
+        """Make sure the schedule has a pending tick. With ``replace`` (at start), a stored
+        schedule that differs is replaced by this worker's; without it (every sweep), only
+        this worker's own schedule is kept armed, so that workers of two code versions
+        during a rolling deploy do not undo each other's schedule."""
         sig = task.periodic.schedule.signature
         for _ in range(CAS_ATTEMPTS):
             seen = await self.state(task.name)
+            if not replace and seen.sig != sig:
+                return
+            if replace:
+                await self.engine.client.sadd(self.app.keys.periodics, task.name)
             now = await self.engine.server_time_ms()
             if seen.sig == sig and seen.armed_ms is not None:
                 if await self.engine.is_pending(task.tick_id(seen.armed_ms)):
@@ -155,4 +162,4 @@ class PeriodicRunner:
     async def keep_armed(self) -> None:
         """Every sweep: re-arm a schedule whose pending tick was cancelled or lost."""
         for task in self.periodics.values():
-            await self.register(task)
+            await self.register(task, replace=False)
