@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,3 +73,32 @@ def test_two_namespaces_never_see_each_other(
         wait_until(lambda app=app: len(app.dead_letters()) == 1)
         assert app.dead_letters()[0].reason.startswith(f"RuntimeError: {side}")
         app.close()
+
+
+def test_passwords_never_reach_logs_or_reprs(
+    server: EmbeddedServer,
+    start_worker: Callable[..., WorkerThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import redis
+
+    admin = redis.Redis.from_url(server.url)
+    admin.acl_setuser("secretive", enabled=True, passwords=["+Sw0rdf1sh"], keys=["*"],
+                      channels=["*"], commands=["+@all"])  # fmt: skip
+    url = server.url.replace("redis://", "redis://secretive:Sw0rdf1sh@")
+    app = Delayq(url, namespace="secretive")
+    done = threading.Event()
+
+    @app.task
+    def job() -> None:
+        done.set()
+
+    with caplog.at_level(logging.DEBUG, logger="delayq"):
+        start_worker(app).stop()
+    assert "Sw0rdf1sh" not in caplog.text and "secretive:***@" in caplog.text
+    assert "Sw0rdf1sh" not in repr(app)
+    app.close()
+    admin.acl_deluser("secretive")
+    admin.close()
