@@ -121,3 +121,33 @@ class Keys:
     @staticmethod
     def expired_channel(db: int) -> str:
         return f"__keyevent@{db}__:expired"
+
+    def acl_rules(self, db: int = 0, watch: tuple[tuple[str, str | None], ...] = ()) -> list[str]:
+        """ACL SETUSER rules granting what delayq needs in this namespace, and nothing else.
+
+        ``watch``: (pattern, companion template or None) of each on_expire task.
+        """
+        keys = [f"~{self.prefix}*"]
+        channels = [f"&{self.wake_channel}", f"&{self.expired_channel(db)}"]
+        for pattern, data in watch:
+            keys.append(f"~{pattern}")
+            channels.append(f"&{self.keyspace_pattern(db, pattern)}")
+            if data:
+                keys.append("~" + data.replace("{suffix}", "*").replace("{key}", "*"))
+        return ["resetkeys", *keys, "resetchannels", *channels, "-@all",
+                *(f"+{command}" for command in ACL_COMMANDS)]  # fmt: skip
+
+
+# Every command delayq sends, directly or from its scripts. CONFIG GET lets a worker check
+# notify-keyspace-events; without it the worker checks by experiment (CONFIG SET is optional).
+ACL_COMMANDS = (
+    "ping", "time", "hello", "select", "client|setinfo", "client|setname", "config|get",
+    "evalsha", "eval", "script|load", "multi", "exec", "discard",
+    "get", "set", "del", "exists", "type", "pttl", "pexpire", "scan",
+    "zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore", "zcard",
+    "hget", "hset", "hdel", "hexists", "hgetall", "hmget", "hlen", "hincrby",
+    "sadd", "srem", "smembers", "rpush", "lrange", "ltrim",
+    "xadd", "xdel", "xlen", "xrange", "xack", "xpending", "xclaim", "xautoclaim",
+    "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups",
+    "publish", "subscribe", "psubscribe", "unsubscribe", "punsubscribe",
+)  # fmt: skip

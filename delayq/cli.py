@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from redis.connection import parse_url
 from redis.exceptions import RedisError
 
 from delayq._app import Delayq, redact_url
@@ -335,6 +336,21 @@ def periodic_list(
             f"last={_when(state.get('last_run_at'), zone)}"
         )
     typer.echo(f"{len(app.periodics)} periodic task(s)")
+
+
+@cli.command()
+def acl(
+    app_spec: Annotated[
+        str, typer.Option("--app", "-A", help="module:attribute of your Delayq app")
+    ],
+    user: Annotated[str, typer.Option(help="the ACL user name")] = "delayq",
+    namespace: NamespaceOption = None,
+) -> None:
+    """Print the ACL SETUSER command for a user with only what delayq needs (add >password)."""
+    app = resolve_app(app_spec, None, namespace)
+    watch = tuple((w.spec.pattern, w.spec.data) for w in app.watchers.values())
+    db = int(parse_url(app.url).get("db", 0) or 0)  # type: ignore[no-untyped-call]
+    typer.echo(" ".join(["ACL", "SETUSER", user, "on", *app.keys.acl_rules(db, watch)]))
 
 
 def main() -> None:

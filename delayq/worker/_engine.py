@@ -75,11 +75,11 @@ class Engine:
 
     async def due_ids(self, until_ms: float, limit: int) -> tuple[list[str], int | None]:
         """Ids due by ``until_ms`` (oldest first) and the earliest deadline in the index."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrangebyscore(self.keys.index, "-inf", int(until_ms), start=0, num=limit)
-        pipe.zrange(self.keys.index, 0, 0, withscores=True)
-        ids, first = await pipe.execute()
-        return [i.decode() for i in ids], (int(first[0][1]) if first else None)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self.keys.index, "-inf", int(until_ms), start=0, num=limit)
+            pipe.zrange(self.keys.index, 0, 0, withscores=True)
+            ids, first = await pipe.execute()
+            return [i.decode() for i in ids], (int(first[0][1]) if first else None)
 
     async def fire(self, ids: list[str]) -> FireResult:
         k = self.keys
@@ -92,12 +92,12 @@ class Engine:
     async def watch(self, targets: list[WatchTarget]) -> None:
         """Arm (or move) the watch timers of these keys from their TTLs (watch.lua)."""
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for w in targets:
-            keys = [w.key, k.data(w.timer_id), k.index, k.watch_marker(w.timer_id)]
-            await self.scripts["watch"](keys=keys, args=[w.timer_id, w.payload, k.wake_channel],
-                                        client=pipe)  # fmt: skip
-        await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for w in targets:
+                keys = [w.key, k.data(w.timer_id), k.index, k.watch_marker(w.timer_id)]
+                await self.scripts["watch"](keys=keys, args=[w.timer_id, w.payload, k.wake_channel],
+                                            client=pipe)  # fmt: skip
+            await pipe.execute()
 
     async def fire_watch(self, targets: list[WatchTarget], *, expired: bool) -> FireResult:
         k = self.keys
@@ -196,18 +196,18 @@ class Engine:
 
     async def deliveries_of(self, entry_ids: list[str]) -> list[int]:
         """How many times each entry has been delivered (XPENDING), 0 if no longer pending."""
-        pipe = self.client.pipeline(transaction=False)
-        for entry in entry_ids:
-            pipe.xpending_range(self.keys.ready, GROUP, min=entry, max=entry, count=1)
-        replies = await pipe.execute()
-        return [int(r[0]["times_delivered"]) if r else 0 for r in replies]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry in entry_ids:
+                pipe.xpending_range(self.keys.ready, GROUP, min=entry, max=entry, count=1)
+            replies = await pipe.execute()
+            return [int(r[0]["times_delivered"]) if r else 0 for r in replies]
 
     async def ack(self, deliveries: list[Delivery]) -> None:
         entries = [d.entry_id for d in deliveries]
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xack(self.keys.ready, GROUP, *entries)
-        pipe.xdel(self.keys.ready, *entries)
-        await pipe.execute()
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.ready, GROUP, *entries)
+            pipe.xdel(self.keys.ready, *entries)
+            await pipe.execute()
 
     async def retry(
         self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None
@@ -255,11 +255,11 @@ class Engine:
     async def repair(self, ids: list[str]) -> int:
         """Run repair.lua for each id; returns how many needed it."""
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        for timer_id in ids:
-            keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.stats, k.paused]
-            await self.scripts["repair"](keys=keys, args=[timer_id], client=pipe)
-        return sum(int(r) for r in await pipe.execute())
+        async with self.client.pipeline(transaction=False) as pipe:
+            for timer_id in ids:
+                keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.stats, k.paused]
+                await self.scripts["repair"](keys=keys, args=[timer_id], client=pipe)
+            return sum(int(r) for r in await pipe.execute())
 
     async def stale_consumers(self, idle_ms: int) -> list[str]:
         try:
