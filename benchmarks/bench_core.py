@@ -16,25 +16,25 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import random
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 import redis
 from bench_tasks import BenchTasks, lateness_key, ping_key, register
 
-from delayq import Delayq, EmbeddedServer, ScheduleRequest
+from delayq import Delayq, ScheduleRequest
+from delayq.testing import (
+    WorkerProcess,
+    describe_host,
+    format_table,
+    scratch_server,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_APP = "benchmarks.bench_tasks:app"
@@ -75,63 +75,10 @@ class Row:
 # -- the worker process -------------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """``delayq worker`` for one namespace as a child process, stopped on exit (also on error)."""
-
-    def __init__(self, url: str, namespace: str, concurrency: int, log_path: Path) -> None:
-        self.namespace = namespace
-        self.log_path = log_path
-        self.args = [
-            sys.executable, "-c", "from delayq.cli import main; main()",
-            "worker", "-A", WORKER_APP, "--url", url, "--namespace", namespace,
-            "--concurrency", str(concurrency), "--shutdown-timeout", "5",
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> WorkerProcess:
-        # A file, not a pipe: nobody reads the worker's log while it runs, and a full pipe
-        # would block it.
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()  # SIGTERM: the worker finishes or hands back its jobs and exits
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"the worker process exited; its log ends with:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-chars:]
-
-    def wait_ready(self, tasks: BenchTasks, client: redis.Redis, timeout: float = 60.0) -> None:
-        """Run one job through the worker: then it is connected, subscribed and consuming."""
-        tasks.ping.schedule()
-        deadline = time.monotonic() + timeout
-        while client.blpop([ping_key(self.namespace)], timeout=1) is None:
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready within {timeout}s:\n{self.log_tail()}")
+def worker_process(url: str, namespace: str, concurrency: int, log_path: Path) -> WorkerProcess:
+    """``delayq worker`` for one namespace as a child process; ``with`` stops it (also on error)."""
+    return WorkerProcess(WORKER_APP, url, namespace, "--concurrency", str(concurrency),
+                         "--shutdown-timeout", "5", cwd=ROOT, log_path=log_path)  # fmt: skip
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -223,8 +170,8 @@ def bench_pending(
     log = workdir / "worker-late.log"
     # The worker starts on an empty keyspace (so its start-up scan is instant) and stays up
     # while the pending timers are armed: the window below then sees a steady-state worker.
-    with WorkerProcess(url, ns, cfg.concurrency, log) as worker:
-        worker.wait_ready(tasks, client)
+    with worker_process(url, ns, cfg.concurrency, log) as worker:
+        worker.wait_ready(tasks.ping.schedule, client, ping_key(ns))
         before = used_memory(client)
         payload_bytes = arm_far(app, tasks, cfg.pending, random.Random(cfg.seed))
         after = used_memory(client)
@@ -304,8 +251,8 @@ def bench_noop(
 ) -> list[Row]:
     ns = "bench-noop"
     app, tasks = fresh_app(url, ns, client)
-    with WorkerProcess(url, ns, cfg.concurrency, workdir / "worker-noop.log") as worker:
-        worker.wait_ready(tasks, client)
+    with worker_process(url, ns, cfg.concurrency, workdir / "worker-noop.log") as worker:
+        worker.wait_ready(tasks.ping.schedule, client, ping_key(ns))
         # All due at one instant after scheduling ends, so the worker (already warm and idle)
         # is timed alone, from that instant until the last job is acknowledged.
         due_s = time.time() + 1.0 + 3 * cfg.noop / batch_rate
@@ -335,38 +282,21 @@ def wait_drained(app: Delayq, client: redis.Redis, worker: WorkerProcess, timeou
             return time.time()
         worker.check_alive()
         time.sleep(POLL_S)
-    raise RuntimeError(f"jobs not drained within {timeout:.0f}s:\n{worker.log_tail()}")
+    raise RuntimeError(f"jobs not drained within {timeout:.0f}s:\n{worker.tail()}")
 
 
 # -- report -------------------------------------------------------------------------------------
 
 
 def print_table(rows: list[Row]) -> None:
-    cells = [(r.measurement, r.figure, r.target, verdict(r.ok)) for r in rows]
     header = ("measurement", "result", "target", "")
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(4)]
-
-    def line(c: tuple[str, str, str, str]) -> str:
-        return f"{c[0]:<{widths[0]}}  {c[1]:>{widths[1]}}  {c[2]:<{widths[2]}}  {c[3]}".rstrip()
-
-    print(line(header))
-    print("-" * (sum(widths) + 6))
-    for c in cells:
-        print(line(c))
-
-
-def verdict(ok: bool | None) -> str:
-    return "" if ok is None else ("ok" if ok else "MISS")
+    cells = [(r.measurement, r.figure, r.target, verdict(r.ok)) for r in rows]
+    print("\n".join(format_table([header, *cells], "<><<", rule=True)))
 
 
 def describe(cfg: Config, client: redis.Redis) -> str:
-    server: dict[str, Any] = client.info("server")
-    version = server.get("valkey_version") or server.get("redis_version")
-    return (
-        f"valkey {version} (bundled, appendonly off), python {platform.python_version()}, "
-        f"{os.cpu_count()} CPU(s), {platform.machine()}\n"
-        f"worker: 1 process, --concurrency {cfg.concurrency}, async tasks"
-    )
+    worker = f"worker: 1 process, --concurrency {cfg.concurrency}, async tasks"
+    return f"{describe_host(client)}\n{worker}"
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -407,21 +337,12 @@ def run(cfg: Config, url: str, workdir: Path) -> Iterator[Row]:
         client.close()
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    # Turn SIGTERM into an exception so the worker and server are stopped on the way out.
-    sys.exit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.perf_counter()
     rows: list[Row] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="delayq-bench-") as tmp,
-        EmbeddedServer(appendonly=False) as server,
-    ):
-        for row in run(cfg, server.url, Path(tmp)):
+    with scratch_server("delayq-bench-") as (server, workdir):
+        for row in run(cfg, server.url, workdir):
             rows.append(row)
             print(f"  {row.measurement}: {row.figure}", flush=True)
     print()

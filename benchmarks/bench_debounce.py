@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
-import signal
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 import redis
@@ -46,7 +41,14 @@ from bench_debounce_tasks import (
     quiet,
 )
 
-from delayq import EmbeddedServer
+from delayq.testing import (
+    WorkerProcess,
+    describe_host,
+    format_table,
+    percentile,
+    scratch_server,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_APP = "benchmarks.bench_debounce_tasks:app"
@@ -106,80 +108,22 @@ class Report:
 # -- the worker process -------------------------------------------------------------------------
 
 
-def delayq_command() -> list[str]:
-    script = Path(sys.executable).parent / "delayq"  # the console script of this environment
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from delayq.cli import main; main()"]
+def worker_process(concurrency: int, log_path: Path) -> WorkerProcess:
+    """``delayq worker`` as a child process; ``with`` stops it with SIGTERM (also on error).
+    cwd: the CLI imports benchmarks.bench_debounce_tasks from there."""
+    return WorkerProcess(WORKER_APP, app.url, NAMESPACE, "--concurrency", str(concurrency),
+                         "--shutdown-timeout", "5", cwd=ROOT, log_path=log_path)  # fmt: skip
 
 
-class WorkerProcess:
-    """``delayq worker`` as a child process, stopped with SIGTERM on exit (also on error)."""
-
-    def __init__(self, url: str, concurrency: int, log_path: Path) -> None:
-        self.log_path = log_path
-        self.args = [*delayq_command(), "worker", "-A", WORKER_APP, "--url", url,
-                     "--namespace", NAMESPACE, "--concurrency", str(concurrency),
-                     "--shutdown-timeout", "5"]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.status: int | None = None
-
-    def __enter__(self) -> WorkerProcess:
-        # A file, not a pipe: nobody reads the log while the worker runs, and a full pipe
-        # would block it. cwd: the CLI imports benchmarks.bench_debounce_tasks from there.
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it overstays; returns the exit status (-9 when killed)."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return self.status
-        proc.terminate()
-        try:
-            self.status = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            self.status = -9
-        return self.status
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"the worker process exited; its log ends with:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-chars:]
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time so far (Linux only)."""
-        try:
-            assert self.proc is not None
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (AssertionError, OSError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def wait_ready(self, client: redis.Redis, timeout: float = 60.0) -> None:
-        """Run one job through the worker: then it is connected, subscribed and consuming."""
-        ping.schedule()
-        deadline = time.monotonic() + timeout
-        while client.blpop([ping_key(NAMESPACE)], timeout=1) is None:
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready within {timeout}s:\n{self.log_tail()}")
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux only)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -192,15 +136,6 @@ def flush(client: redis.Redis) -> None:
 
 def rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f} /s"
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    """Nearest rank: the value below which ``p`` of the (sorted) sample lies."""
-    return ordered[max(0, min(len(ordered) - 1, round(p * len(ordered)) - 1))]
-
-
-def verdict(ok: bool | None) -> str:
-    return "" if ok is None else ("ok" if ok else "MISS")
 
 
 # -- 1. touch throughput ------------------------------------------------------------------------
@@ -414,14 +349,14 @@ def fire_pass(
     else:
         fill_unrelated(client, unrelated, lambda: rng.randint(3_600_000, 7_200_000))
     log = workdir / f"worker-{unrelated}-{'churn' if churn else 'stay'}.log"
-    with WorkerProcess(app.url, cfg.concurrency, log) as worker:
-        worker.wait_ready(client)
-        cpu_before, expired_before = worker.cpu_seconds(), expired_keys(client)
+    with worker_process(cfg.concurrency, log) as worker:
+        worker.wait_ready(ping.schedule, client, ping_key(NAMESPACE))
+        cpu_before, expired_before = cpu_seconds(worker.pid), expired_keys(client)
         began = time.perf_counter()
         debounced = lateness_run(cfg, client, worker, watched=False)
         watched = lateness_run(cfg, client, worker, watched=True)
         took = time.perf_counter() - began
-        cpu_after, expired = worker.cpu_seconds(), expired_keys(client) - expired_before
+        cpu_after, expired = cpu_seconds(worker.pid), expired_keys(client) - expired_before
         status = worker.stop()
     dead = int(client.xlen(app.keys.dead))
     outcome_row(f"debounced: fires {WINDOW_S:g} s after the last of {REPEATS} touches",
@@ -459,27 +394,12 @@ def print_table(rows: list[Row]) -> None:
          verdict(r.ok))
         for r in rows
     ]  # fmt: skip
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-
-    def line(c: tuple[str, ...]) -> str:
-        left = f"{c[0]:<{widths[0]}}  {c[1]:<{widths[1]}}"
-        right = "  ".join(f"{x:>{w}}" for x, w in zip(c[2:6], widths[2:6], strict=True))
-        return f"{left}  {right}  {c[6]}".rstrip()
-
-    print(line(header))
-    print("-" * (sum(widths) + 2 * len(widths)))
-    for c in cells:
-        print(line(c))
+    print("\n".join(format_table([header, *cells], "<<>>>><", rule=True)))
 
 
 def describe(cfg: Config, client: redis.Redis) -> str:
-    server: dict[str, Any] = client.info("server")
-    version = server.get("valkey_version") or server.get("redis_version")
-    return (
-        f"valkey {version} (bundled, appendonly off), python {platform.python_version()}, "
-        f"{os.cpu_count()} CPU(s), {platform.machine()}\n"
-        f"worker: 1 process, --concurrency {cfg.concurrency}, async handlers"
-    )
+    worker = f"worker: 1 process, --concurrency {cfg.concurrency}, async handlers"
+    return f"{describe_host(client)}\n{worker}"
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -529,21 +449,12 @@ def run(cfg: Config, url: str, workdir: Path, report: Report) -> None:
         client.close()
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    # Turn SIGTERM into an exception so the worker and server are stopped on the way out.
-    sys.exit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.perf_counter()
     report = Report()
-    with (
-        tempfile.TemporaryDirectory(prefix="delayq-bench-debounce-") as tmp,
-        EmbeddedServer(appendonly=False) as server,
-    ):
-        run(cfg, server.url, Path(tmp), report)
+    with scratch_server("delayq-bench-debounce-") as (server, workdir):
+        run(cfg, server.url, workdir, report)
     print()
     print_table(report.rows)
     print()

@@ -8,14 +8,11 @@ notes to Redis in batches, so that reporting does not disturb the worker being m
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import time
 
-import redis.asyncio as aredis
-
 from delayq import Delayq
+from delayq.testing import BatchPusher
 
 WINDOW_S = 1.0  # debounce window of the lateness runs
 WATCHED_PREFIX = "bench:watched:"
@@ -23,9 +20,6 @@ REPORT_EVERY_S = 0.05
 
 # The worker's app; the CLI's --url/--namespace override these before it connects.
 app = Delayq(os.environ.get("DELAYQ_URL"), namespace=os.environ.get("DELAYQ_NAMESPACE"))
-_client: aredis.Redis | None = None
-_notes: list[str] = []  # firings not yet reported
-_reporter: asyncio.Task[None] | None = None
 
 
 def fired_key(namespace: str) -> str:
@@ -36,33 +30,9 @@ def ping_key(namespace: str) -> str:
     return f"bench:{namespace}:ping"
 
 
-def _redis() -> aredis.Redis:
-    # Created on first use, inside the worker's event loop, which then owns its connections.
-    global _client
-    if _client is None:
-        _client = aredis.Redis.from_url(app.url)
-    return _client
-
-
-def _note(note: str) -> None:
-    global _reporter
-    _notes.append(note)
-    if _reporter is None:
-        _reporter = asyncio.get_running_loop().create_task(_report_forever())
-
-
-async def _report_forever() -> None:
-    while True:
-        await asyncio.sleep(REPORT_EVERY_S)
-        if not _notes:
-            continue
-        batch = _notes[:]
-        del _notes[:]
-        try:
-            await _redis().rpush(fired_key(app.namespace), *batch)
-        except Exception:
-            logging.getLogger("bench").exception("cannot report firings; retrying")
-            _notes[:0] = batch
+# Firings go to Redis in batches, over one connection made inside the worker's event loop.
+_reporter = BatchPusher(app, fired_key, REPORT_EVERY_S)
+_note = _reporter.add
 
 
 # retries=0 everywhere: a failing benchmark job should show up as a dead letter, not run again.
@@ -88,4 +58,4 @@ async def far(key: int, n: int) -> None:
 @app.task(name="bench.debounce.ping", retries=0)
 async def ping() -> None:
     """Tells the benchmark the worker is up and runs jobs end to end."""
-    await _redis().rpush(ping_key(app.namespace), "1")
+    await _reporter.redis().rpush(ping_key(app.namespace), "1")

@@ -6,22 +6,16 @@ worker imports it as ``benchmarks.bench_tasks``, and both must agree on what a p
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aredis
-
 from delayq import Delayq, Task
+from delayq.testing import BatchPusher
 
 # The worker's app; the CLI's --url/--namespace override these before it connects.
 app = Delayq(os.environ.get("DELAYQ_URL"), namespace=os.environ.get("DELAYQ_NAMESPACE"))
-_client: aredis.Redis | None = None
-_late: list[str] = []  # lateness figures not yet reported
-_reporter: asyncio.Task[None] | None = None
 REPORT_EVERY_S = 0.05
 
 
@@ -33,12 +27,10 @@ def ping_key(namespace: str) -> str:
     return f"bench:{namespace}:ping"
 
 
-def _redis() -> aredis.Redis:
-    # Created on first use, inside the worker's event loop, which then owns its connections.
-    global _client
-    if _client is None:
-        _client = aredis.Redis.from_url(app.url)
-    return _client
+# Lateness figures go to Redis in batches: one RPUSH per interval over one connection, made
+# inside the worker's event loop, rather than a round trip (and, in a burst, a new pooled
+# connection) per job, which would disturb the worker being measured.
+_reporter = BatchPusher(app, lateness_key, REPORT_EVERY_S)
 
 
 async def noop(n: int = 0) -> None:
@@ -46,32 +38,13 @@ async def noop(n: int = 0) -> None:
 
 
 async def record(due_ms: int) -> None:
-    """Notes how late the job started (ms); a reporter pushes the figures to Redis in batches."""
-    global _reporter
-    _late.append(f"{time.time() * 1000 - due_ms:.3f}")
-    if _reporter is None:
-        _reporter = asyncio.get_running_loop().create_task(_report_forever())
-
-
-async def _report_forever() -> None:
-    # One RPUSH per interval over one connection rather than one per job: a round trip (and,
-    # in a burst, a new pooled connection) per job would disturb the worker being measured.
-    while True:
-        await asyncio.sleep(REPORT_EVERY_S)
-        if not _late:
-            continue
-        batch = _late[:]
-        del _late[:]
-        try:
-            await _redis().rpush(lateness_key(app.namespace), *batch)
-        except Exception:
-            logging.getLogger("bench").exception("cannot report lateness; retrying")
-            _late[:0] = batch
+    """Notes how late the job started (ms); the reporter pushes the figures to Redis."""
+    _reporter.add(f"{time.time() * 1000 - due_ms:.3f}")
 
 
 async def ping() -> None:
     """Tells the benchmark the worker is up and runs jobs end to end."""
-    await _redis().rpush(ping_key(app.namespace), "1")
+    await _reporter.redis().rpush(ping_key(app.namespace), "1")
 
 
 @dataclass(frozen=True, slots=True)

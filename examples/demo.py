@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import cast
 
 import redis
 from demo_tasks import app, ping, ping_key, ran_key, reminder, ring
 
 from delayq import DelayqError, EmbeddedServer
+from delayq.testing import WorkerProcess, percentile, scratch_server
 
 HERE = Path(__file__).resolve().parent
 JOBS = 300  # expected to run; the cancelled timer comes on top
@@ -119,63 +116,6 @@ def schedule_jobs() -> Plan:
     return plan
 
 
-# -- the worker process -------------------------------------------------------------------------
-
-
-def delayq_command() -> list[str]:
-    script = Path(sys.executable).parent / "delayq"  # the console script of this environment
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from delayq.cli import main; main()"]
-
-
-class WorkerProcess:
-    """``delayq worker`` as a child process, logging to a file."""
-
-    def __init__(self, url: str, namespace: str, log_path: Path) -> None:
-        self.args = [*delayq_command(), "worker", "-A", "demo_tasks:app", "--url", url,
-                     "--namespace", namespace, "--shutdown-timeout", "5"]  # fmt: skip
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # cwd: the CLI imports the app module from its working directory. A file rather than
-        # a pipe: nobody reads the log while the worker runs, and a full pipe would block it.
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.args, cwd=HERE, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, client: redis.Redis, timeout: float = 20.0) -> None:
-        """Run one job end to end: then the worker is subscribed and running jobs."""
-        ping.schedule()
-        deadline = time.monotonic() + timeout
-        while client.blpop([ping_key(app.namespace)], timeout=0.2) is None:
-            if not self.running():
-                raise RuntimeError(f"the worker exited; its log ends with:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready in {timeout:g} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, as a process manager would; SIGKILL if it overstays. The exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-
 # -- watching the runs --------------------------------------------------------------------------
 
 
@@ -220,16 +160,11 @@ def watch_runs(reader: RunReader, worker: WorkerProcess) -> None:
         if (reader.all_ran() and past_last_s > GRACE_S) or past_last_s > GIVE_UP_S:
             return
         if not worker.running():
-            raise RuntimeError(f"the worker exited early; its log ends with:\n{worker.log_tail()}")
+            raise RuntimeError(f"the worker exited early; its log ends with:\n{worker.tail()}")
         time.sleep(POLL_S)
 
 
 # -- summary ------------------------------------------------------------------------------------
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    # Nearest rank: of 300 values, p99 is the 297th smallest.
-    return ordered[max(0, round(p * len(ordered)) - 1)]
 
 
 def summarize(reader: RunReader, worker_status: int | None) -> list[str]:
@@ -281,13 +216,16 @@ def run_demo(server: EmbeddedServer, workdir: Path) -> list[str]:
     """The demo against a started server; returns what went wrong (nothing: success)."""
     client = redis.Redis.from_url(server.url)
     app.override(url=server.url)  # the producer side; the worker gets --url
-    worker = WorkerProcess(server.url, app.namespace, workdir / "worker.log")
+    # cwd: the CLI imports demo_tasks from its working directory.
+    worker = WorkerProcess("demo_tasks:app", server.url, app.namespace, "--shutdown-timeout", "5",
+                           cwd=HERE, log_path=workdir / "worker.log")  # fmt: skip
     try:
         version = client.info("server").get("valkey_version", "?")
         print(f"valkey {version} at {server.url} (data in {server.data_dir})")
         worker.start()
-        worker.wait_ready(client)
-        print(f"worker pid {worker.proc.pid if worker.proc else '?'} ready\n")
+        # One job end to end: then the worker is subscribed and running jobs.
+        worker.wait_ready(ping.schedule, client, ping_key(app.namespace), timeout=20)
+        print(f"worker pid {worker.pid} ready\n")
 
         began = time.perf_counter()
         plan = schedule_jobs()
@@ -299,32 +237,23 @@ def run_demo(server: EmbeddedServer, workdir: Path) -> list[str]:
 
         reader = RunReader(client, plan)
         watch_runs(reader, worker)
-        status = worker.stop()
+        status = worker.stop(15)  # SIGTERM, as a process manager would; SIGKILL if it overstays
         reader.poll()  # runs recorded while the worker shut down
         problems = summarize(reader, status)
         if status != 0:
-            problems.append(f"worker log:\n{worker.log_tail()}")
+            problems.append(f"worker log:\n{worker.tail()}")
         return problems
     finally:
-        worker.stop()  # on errors and Ctrl-C too; does nothing once it exited
+        worker.stop(15)  # on errors and Ctrl-C too; does nothing once it exited
         app.close()
         client.close()
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    # Unwind through the finally blocks, so that the worker and the server are stopped.
-    sys.exit(128 + signum)
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     began = time.perf_counter()
     # AOF on, as in production; the data dir goes away with the temporary directory.
-    with (
-        tempfile.TemporaryDirectory(prefix="delayq-demo-") as tmp,
-        EmbeddedServer(data_dir=Path(tmp) / "valkey") as server,
-    ):
-        problems = run_demo(server, Path(tmp))
+    with scratch_server("delayq-demo-", appendonly=True) as (server, workdir):
+        problems = run_demo(server, workdir)
     print(f"\ndone in {time.perf_counter() - began:.1f} s; worker and server stopped")
     if problems:
         print("FAILED:\n  " + "\n  ".join(problems))

@@ -12,18 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 import time
 
-import redis
-
 from delayq import Delayq
+from delayq.testing import LazyRedis
 
 # The CLI's --url/--namespace override these before the app first connects.
 app = Delayq(os.environ.get("DELAYQ_URL"), namespace=os.environ.get("DELAYQ_NAMESPACE") or "demo")
 
-_lock = threading.Lock()
-_client: redis.Redis | None = None
+# A client for app.url, made on first use: once the CLI has applied --url. Thread-safe: plain
+# functions run in the worker's thread pool.
+_redis = LazyRedis(app)
 
 
 def ran_key(namespace: str) -> str:
@@ -33,16 +32,6 @@ def ran_key(namespace: str) -> str:
 
 def ping_key(namespace: str) -> str:
     return f"{namespace}:demo:ping"
-
-
-def _redis() -> redis.Redis:
-    # Made on first use, once the CLI has applied --url. Plain functions run in the worker's
-    # thread pool, hence the lock around creating it (the client itself is thread-safe).
-    global _client
-    with _lock:
-        if _client is None:
-            _client = redis.Redis.from_url(app.url)
-        return _client
 
 
 def _record(label: str) -> None:

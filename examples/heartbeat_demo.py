@@ -24,14 +24,10 @@ import argparse
 import heapq
 import json
 import random
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import redis
@@ -47,6 +43,7 @@ from heartbeat_tasks import (
 )
 
 from delayq import EmbeddedServer
+from delayq.testing import WorkerProcess, format_table, percentile, scratch_server
 
 HERE = Path(__file__).resolve().parent
 WORKER_APP = "heartbeat_tasks:app"
@@ -192,71 +189,6 @@ class Devices:
             sent = time.time()
             timer = device_quiet.touch(device_id=device.number, seq=seq)
             device.beats.append(Beat(sent, seq, timer.due_ms / 1000))
-
-
-# -- the worker process -------------------------------------------------------------------------
-
-
-def delayq_command() -> list[str]:
-    script = Path(sys.executable).parent / "delayq"  # the console script of this environment
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from delayq.cli import main; main()"]
-
-
-class WorkerProcess:
-    """``delayq worker`` as a child process, logging to a file."""
-
-    def __init__(self, url: str, namespace: str, log_path: Path) -> None:
-        self.log_path = log_path
-        self.args = [*delayq_command(), "worker", "-A", WORKER_APP, "--url", url,
-                     "--namespace", namespace, "--shutdown-timeout", "5"]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        # cwd: the CLI imports the app module from the working directory. A file, not a pipe:
-        # nobody reads the log while the worker runs, and a full pipe would block it.
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.args, cwd=HERE, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def terminate(self) -> None:
-        if self.running():
-            assert self.proc is not None
-            self.proc.terminate()
-
-    def wait(self, timeout: float) -> int:
-        """The exit status; the worker is killed (and -9 returned) if it overstays."""
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
-
-    def stop(self) -> None:
-        """On the way out, also on errors: SIGTERM, then SIGKILL if it does not go."""
-        if self.running():
-            self.terminate()
-            self.wait(15)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def wait_ready(self, client: redis.Redis, timeout: float = 30.0) -> None:
-        """Run one job end to end: then the worker is subscribed and consuming."""
-        ping.schedule()
-        deadline = time.monotonic() + timeout
-        while client.blpop([ping_key(app.namespace)], timeout=0.5) is None:
-            if not self.running():
-                raise RuntimeError(f"the worker exited; its log ends with:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready in {timeout:g} s:\n{self.log_tail()}")
 
 
 # -- alerts -------------------------------------------------------------------------------------
@@ -407,9 +339,7 @@ def percentiles(values: list[float]) -> str:
         return "-"
     ordered = sorted(values)
     # Nearest rank: with a few dozen alerts, p99 is (almost) the maximum, as it should be.
-    p50 = ordered[max(0, round(0.50 * len(ordered)) - 1)]
-    p99 = ordered[max(0, round(0.99 * len(ordered)) - 1)]
-    return f"{p50:.1f} / {p99:.1f} / {ordered[-1]:.1f}"
+    return f"{percentile(ordered, 0.5):.1f} / {percentile(ordered, 0.99):.1f} / {ordered[-1]:.1f}"
 
 
 def print_summary(verdicts: list[Verdict]) -> None:
@@ -424,12 +354,8 @@ def print_summary(verdicts: list[Verdict]) -> None:
         ("lateness p50 / p99 / max, ms", [percentiles(v.lateness_ms) for v in verdicts]),
     ]
     heads = ["watched (on_expire)" if v.kind == "watched" else "debounced" for v in verdicts]
-    width = max(len(r[0]) for r in rows)
-    cols = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(heads)]
-    print(f"{'':<{width}}  " + "  ".join(f"{h:>{c}}" for h, c in zip(heads, cols, strict=True)))
-    for label, cells in rows:
-        line = "  ".join(f"{x:>{c}}" for x, c in zip(cells, cols, strict=True))
-        print(f"{label:<{width}}  {line}")
+    table = [["", *heads]] + [[label, *cells] for label, cells in rows]
+    print("\n".join(format_table(table, "<" + ">" * len(heads))))
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -460,7 +386,7 @@ def fill_unrelated(client: redis.Redis, count: int, rng: random.Random) -> None:
 
 def run_devices(
     feed: Devices, reader: AlertReader, worker: WorkerProcess, end: float
-) -> tuple[float, int]:
+) -> tuple[float, int | None]:
     """Beat and print alerts until ``end``; then stop the worker (SIGTERM) while the devices
     still beat, so that none of the devices still alive can time out before it is gone.
     Returns when the worker was asked to stop, and its exit status."""
@@ -471,12 +397,10 @@ def run_devices(
         if not stopped_at and now >= end:
             stopped_at = now
             worker.terminate()
-        if stopped_at and not worker.running():
-            return stopped_at, worker.wait(0)
-        if stopped_at and now - stopped_at > 15:
-            return stopped_at, worker.wait(0)  # killed: reported as a failure
+        if stopped_at and (not worker.running() or now - stopped_at > 15):
+            return stopped_at, worker.stop(0)  # -9 if it had to be killed: a failure
         if not stopped_at and not worker.running():
-            raise RuntimeError(f"the worker exited early:\n{worker.log_tail()}")
+            raise RuntimeError(f"the worker exited early:\n{worker.tail()}")
         feed.beat_due()
         if time.time() >= next_poll:
             reader.poll()
@@ -489,7 +413,9 @@ def scenario(args: argparse.Namespace, server: EmbeddedServer, workdir: Path) ->
     rng = random.Random(args.seed)
     client = redis.Redis.from_url(server.url)
     app.override(url=server.url)
-    worker = WorkerProcess(server.url, app.namespace, workdir / "worker.log")
+    # cwd: the CLI imports heartbeat_tasks from its working directory.
+    worker = WorkerProcess(WORKER_APP, server.url, app.namespace, "--shutdown-timeout", "5",
+                           cwd=HERE, log_path=workdir / "worker.log")  # fmt: skip
     try:
         fill_unrelated(client, args.unrelated, rng)
         version = client.info("server").get("valkey_version", "?")
@@ -499,8 +425,9 @@ def scenario(args: argparse.Namespace, server: EmbeddedServer, workdir: Path) ->
         print(f"watched (SET ... EX {TTL_S}, on_expire): {describe_group(watched)}")
         print(f"debounced (touch, {QUIET_SECONDS:g} s): {describe_group(quiet)}")
         worker.start()
-        worker.wait_ready(client)
-        print(f"worker pid {worker.proc.pid if worker.proc else '?'} ready; devices start\n")
+        # One job end to end: then the worker is subscribed and running jobs.
+        worker.wait_ready(ping.schedule, client, ping_key(app.namespace), timeout=30)
+        print(f"worker pid {worker.pid} ready; devices start\n")
         start = time.time()
         devices = {(d.kind, d.number): d for d in watched + quiet}
         feed = Devices(watched + quiet, client, start)
@@ -518,29 +445,20 @@ def scenario(args: argparse.Namespace, server: EmbeddedServer, workdir: Path) ->
         print_summary(verdicts)
         problems = [p for v in verdicts for p in failures(v)]
         if status != 0:
-            problems.append(f"the worker exited with {status}:\n{worker.log_tail()}")
+            problems.append(f"the worker exited with {status}:\n{worker.tail()}")
         problems += [f"dead letter: {d.task} {d.reason}" for d in dead]
         return problems
     finally:
-        worker.stop()
+        worker.stop(15)  # on the way out, also on errors: SIGTERM, then SIGKILL if it stays
         app.close()
         client.close()
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    # An exception unwinds through the finally blocks: the worker and server are stopped.
-    sys.exit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     began = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory(prefix="delayq-heartbeat-") as tmp,
-        EmbeddedServer(appendonly=False) as server,
-    ):
-        problems = scenario(args, server, Path(tmp))
+    with scratch_server("delayq-heartbeat-") as (server, workdir):
+        problems = scenario(args, server, workdir)
     print(f"\ntotal {time.perf_counter() - began:.1f} s, server stopped")
     if problems:
         print("FAILED:\n  " + "\n  ".join(problems))

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from typing import Any
 
-import redis
-
 from delayq import Delayq
+from delayq.testing import LazyRedis
 
 NAMESPACE = "heartbeat-demo"
 HEARTBEAT_PREFIX = "last_connection_time_of_device"
@@ -34,8 +32,9 @@ app = Delayq(
     os.environ.get("DELAYQ_URL"), namespace=os.environ.get("DELAYQ_NAMESPACE") or NAMESPACE
 )
 
-_lock = threading.Lock()
-_client: redis.Redis | None = None
+# A client for app.url, made on first use: the URL is only final once the CLI applied --url.
+# Thread-safe: handlers run in the worker's thread pool.
+_redis = LazyRedis(app)
 
 
 def alerts_key(namespace: str) -> str:
@@ -44,16 +43,6 @@ def alerts_key(namespace: str) -> str:
 
 def ping_key(namespace: str) -> str:
     return f"{namespace}:ping"
-
-
-def _redis() -> redis.Redis:
-    # Made on first use: the app's URL is only final once the CLI applied --url. Handlers run
-    # in the worker's thread pool, hence the lock (the client itself is thread-safe).
-    global _client
-    with _lock:
-        if _client is None:
-            _client = redis.Redis.from_url(app.url)
-        return _client
 
 
 def _record(alert: dict[str, Any]) -> None:
