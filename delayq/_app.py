@@ -80,10 +80,10 @@ def build_options(
     retry_backoff_max: Delay,
     retry_for: tuple[type[BaseException], ...],
     delay: Delay | None,
+    timeout: Delay | None = None,
 ) -> TaskOptions:
     policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
-    default_delay = 0.0 if delay is None else delay_seconds(delay)
-    return TaskOptions(name or default_task_name(fn), policy, default_delay)
+    return Delayq._options(fn, name, policy, delay, timeout)
 
 
 class Delayq:
@@ -168,6 +168,7 @@ class Delayq:
         retry_backoff: Delay = 1.0,
         retry_backoff_max: Delay = 3600.0,
         retry_for: tuple[type[BaseException], ...] = (Exception,),
+        timeout: Delay | None = None,
         delay: Delay | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -181,6 +182,7 @@ class Delayq:
         retry_backoff: Delay = 1.0,
         retry_backoff_max: Delay = 3600.0,
         retry_for: tuple[type[BaseException], ...] = (Exception,),
+        timeout: Delay | None = None,
         delay: Delay | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task. ``delay=`` sets the default delay used by ``Task.delay``."""
@@ -188,7 +190,7 @@ class Delayq:
         policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
 
         def decorate(func: Callable[P, R]) -> Task[P, R]:
-            task = Task(func, self._options(func, name, policy, delay), lambda: self)
+            task = Task(func, self._options(func, name, policy, delay, timeout), lambda: self)
             self.tasks.add(task)
             return task
 
@@ -209,6 +211,7 @@ class Delayq:
         retry_backoff: Delay = 1.0,
         retry_backoff_max: Delay = 3600.0,
         retry_for: tuple[type[BaseException], ...] = (Exception,),
+        timeout: Delay | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def delayed(
@@ -222,6 +225,7 @@ class Delayq:
         retry_backoff: Delay = 1.0,
         retry_backoff_max: Delay = 3600.0,
         retry_for: tuple[type[BaseException], ...] = (Exception,),
+        timeout: Delay | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """A task whose ``.delay(...)`` fires ``seconds`` (int, float or timedelta) later."""
         decorator = self.task(
@@ -230,6 +234,7 @@ class Delayq:
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
             retry_for=retry_for,
+            timeout=timeout,
             delay=seconds,
         )
         return decorator if fn is None else decorator(fn)
@@ -247,6 +252,7 @@ class Delayq:
         retry_backoff: Delay = 1.0,
         retry_backoff_max: Delay = 3600.0,
         retry_for: tuple[type[BaseException], ...] = (Exception,),
+        timeout: Delay | None = None,
     ) -> Callable[[Callable[P, R]], Debounced[P, R]]:
         """A task fired once per key, ``seconds`` after the last ``touch`` of that key.
 
@@ -264,7 +270,7 @@ class Delayq:
 
         def decorate(func: Callable[P, R]) -> Debounced[P, R]:
             task = Debounced(
-                func, self._options(func, name, policy, seconds), lambda: self, debounce
+                func, self._options(func, name, policy, seconds, timeout), lambda: self, debounce
             )
             self.tasks.add(task)
             return task
@@ -282,6 +288,7 @@ class Delayq:
         retry_backoff: Delay = 1.0,
         retry_backoff_max: Delay = 3600.0,
         retry_for: tuple[type[BaseException], ...] = (Exception,),
+        timeout: Delay | None = None,
     ) -> Callable[[Callable[P, R]], Watcher[P, R]]:
         """React when a key matching ``pattern`` (one ``*``), written by any program, expires.
 
@@ -295,7 +302,9 @@ class Delayq:
         policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
 
         def decorate(func: Callable[P, R]) -> Watcher[P, R]:
-            watcher = Watcher(func, self._options(func, name, policy, None), lambda: self, spec)
+            watcher = Watcher(
+                func, self._options(func, name, policy, None, timeout), lambda: self, spec
+            )
             self.tasks.add(watcher)
             self.watchers[watcher.name] = watcher
             return watcher
@@ -318,6 +327,7 @@ class Delayq:
         retry_backoff: Delay = 1.0,
         retry_backoff_max: Delay = 3600.0,
         retry_for: tuple[type[BaseException], ...] = (Exception,),
+        timeout: Delay | None = None,
     ) -> Callable[[Callable[P, R]], Periodic[P, R]]:
         """Run a task on a cron schedule (5 fields, or 6 with seconds first) in zone ``tz``,
         or ``every`` interval; exactly once per tick however many workers run.
@@ -335,7 +345,10 @@ class Delayq:
 
         def decorate(func: Callable[P, R]) -> Periodic[P, R]:
             task = Periodic(
-                func, self._options(func, name, policy, None), lambda: self, options_periodic
+                func,
+                self._options(func, name, policy, None, timeout),
+                lambda: self,
+                options_periodic,
             )
             self.tasks.add(task)
             self.periodics[task.name] = task
@@ -345,10 +358,17 @@ class Delayq:
 
     @staticmethod
     def _options(
-        func: Callable[..., Any], name: str | None, policy: RetryPolicy, delay: Delay | None
+        func: Callable[..., Any],
+        name: str | None,
+        policy: RetryPolicy,
+        delay: Delay | None,
+        timeout: Delay | None = None,
     ) -> TaskOptions:
         default_delay = 0.0 if delay is None else delay_seconds(delay)
-        return TaskOptions(name or default_task_name(func), policy, default_delay)
+        limit = None if timeout is None else delay_seconds(timeout, name="timeout")
+        if limit is not None and limit <= 0:
+            raise ConfigurationError("timeout must be positive")
+        return TaskOptions(name or default_task_name(func), policy, default_delay, limit)
 
     def register(self, task: Task[Any, Any]) -> None:
         """Make a task declared elsewhere (e.g. with ``delayq.task``) known to this app."""

@@ -63,6 +63,7 @@ def task(
     retry_backoff: Delay = 1.0,
     retry_backoff_max: Delay = 3600.0,
     retry_for: tuple[type[BaseException], ...] = (Exception,),
+    timeout: Delay | None = None,
     delay: Delay | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -76,6 +77,7 @@ def task(
     retry_backoff: Delay = 1.0,
     retry_backoff_max: Delay = 3600.0,
     retry_for: tuple[type[BaseException], ...] = (Exception,),
+    timeout: Delay | None = None,
     delay: Delay | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Declare a task bound to the default app (see module docstring)."""
@@ -88,6 +90,7 @@ def task(
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
             retry_for=retry_for,
+            timeout=timeout,
             delay=delay,
         )
         shared = Task(func, options, default_app)
@@ -112,6 +115,7 @@ def delayed(
     retry_backoff: Delay = 1.0,
     retry_backoff_max: Delay = 3600.0,
     retry_for: tuple[type[BaseException], ...] = (Exception,),
+    timeout: Delay | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -125,6 +129,7 @@ def delayed(
     retry_backoff: Delay = 1.0,
     retry_backoff_max: Delay = 3600.0,
     retry_for: tuple[type[BaseException], ...] = (Exception,),
+    timeout: Delay | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Declare a delayed task bound to the default app."""
     decorator: Callable[[Callable[P, R]], Task[P, R]] = task(
@@ -133,6 +138,7 @@ def delayed(
         retry_backoff=retry_backoff,
         retry_backoff_max=retry_backoff_max,
         retry_for=retry_for,
+        timeout=timeout,
         delay=seconds,
     )
     return decorator if fn is None else decorator(fn)

@@ -23,5 +23,9 @@ class PayloadError(ScheduleError):
     """A payload cannot be serialized, is too large, or cannot be decoded."""
 
 
+class JobTimeout(DelayqError, TimeoutError):
+    """A job ran longer than its task's ``timeout=``; it is retried or dead-lettered."""
+
+
 class TimerPaused(DelayqError):
     """The timer is paused: resume it before changing its deadline."""

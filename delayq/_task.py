@@ -65,6 +65,7 @@ class TaskOptions:
     name: str
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     default_delay: float = 0.0
+    timeout: float | None = None  # seconds a run may take before it counts as failed
 
 
 class Task(Generic[P, R]):

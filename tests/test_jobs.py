@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -152,3 +153,35 @@ def test_retry_never_replaces_a_newer_timer_with_the_same_id(
     release.set()  # the old job fails now, and its retry must not replace the newer timer
     wait_until(lambda: sorted(calls) == ["new", "old", "old"], timeout=15)
     assert app.dead_letters() == []
+
+
+def test_hanging_job_times_out_and_frees_its_slot(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    from delayq import WorkerSettings
+
+    release = threading.Event()
+    done: list[str] = []
+
+    @app.task(timeout=0.5, retries=1, retry_backoff=0.05)
+    def hangs() -> None:
+        release.wait(30)  # hangs (until the test ends)
+
+    @app.task(timeout=0.5, retries=0)
+    async def hangs_async() -> None:
+        await asyncio.sleep(30)
+
+    @app.task
+    def quick(tag: str) -> None:
+        done.append(tag)
+
+    start_worker(app, WorkerSettings(concurrency=1, visibility_timeout=5, shutdown_timeout=1))
+    hangs.delay()
+    hangs_async.delay()
+    wait_until(lambda: len(app.dead_letters()) == 2, timeout=20)
+    reasons = sorted(letter.reason for letter in app.dead_letters())
+    assert all(r.startswith("JobTimeout: ran longer than its timeout of 0.5 s") for r in reasons)
+    # With one slot, the hung threads would block everything: they must not.
+    quick.delay("after")
+    wait_until(lambda: done == ["after"], timeout=10)
+    release.set()

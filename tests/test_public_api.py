@@ -15,6 +15,7 @@ def test_all_is_pinned() -> None:
             "DelayqError",
             "EmbeddedServer",
             "InvalidTimerId",
+            "JobTimeout",
             "Payload",
             "PayloadError",
             "RetryPolicy",

@@ -114,6 +114,8 @@ def test_refused_at_schedule_time_not_at_run_time(app: Delayq) -> None:
 def test_bad_app_settings() -> None:
     from delayq import ConfigurationError, WorkerSettings
 
+    with pytest.raises(ConfigurationError, match="timeout must be positive"):
+        Delayq("redis://127.0.0.1:1/0").task(timeout=0)(lambda: None)
     with pytest.raises(ConfigurationError, match="decode_responses"):
         Delayq("redis://127.0.0.1:1/0", redis_options={"decode_responses": True})
     with pytest.raises(ConfigurationError, match="dead_letter_maxlen"):

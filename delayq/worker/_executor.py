@@ -10,14 +10,14 @@ import asyncio
 import functools
 import logging
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from delayq._codec import Payload, decode_payload, decode_touches, reencode
 from delayq._debounce import Debounced
-from delayq._errors import PayloadError
+from delayq._errors import JobTimeout, PayloadError
 from delayq._periodic import Periodic
 from delayq._task import Task
 from delayq._watch import Watcher
@@ -73,6 +73,8 @@ class Executor:
         self.to_ack: list[Delivery] = []
         self.ack_ready = asyncio.Event()
         self.counters = Counters()
+        self.abandoned_threads = 0
+        self.old_pools: list[ThreadPoolExecutor] = []
         self.record_lateness = False
 
     @property
@@ -203,11 +205,27 @@ class Executor:
     async def _call(
         self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        limit = task.options.timeout
         if task.is_async:
-            await task.call_async(args, kwargs)
+            run: Awaitable[Any] = task.call_async(args, kwargs)
         else:
             call = functools.partial(task.call_sync, args, kwargs)
-            await asyncio.get_running_loop().run_in_executor(self.pool, call)
+            run = asyncio.get_running_loop().run_in_executor(self.pool, call)
+        try:
+            await asyncio.wait_for(run, limit)
+        except TimeoutError:
+            if not task.is_async:
+                self._replace_pool()
+            raise JobTimeout(f"ran longer than its timeout of {limit} s") from None
+
+    def _replace_pool(self) -> None:
+        """A thread cannot be stopped: leave the hung one to its old pool and give the
+        other slots a fresh pool, so that the worker keeps its full concurrency."""
+        self.abandoned_threads += 1
+        log.warning("a job thread is still running past its timeout; it is abandoned")
+        self.pool.shutdown(wait=False)
+        self.old_pools.append(self.pool)
+        self.pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="delayq-job")
 
     async def _failed(
         self,
@@ -305,4 +323,5 @@ class Executor:
     def shutdown_pool(self) -> bool:
         """Stop the thread pool; True if a handler thread is still running."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-        return any(t.is_alive() for t in getattr(self.pool, "_threads", ()))
+        pools = [self.pool, *self.old_pools]
+        return any(t.is_alive() for pool in pools for t in getattr(pool, "_threads", ()))
