@@ -12,7 +12,7 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from delayq._codec import Payload, decode_payload, decode_touches, reencode
@@ -21,7 +21,7 @@ from delayq._errors import JobTimeout, PayloadError
 from delayq._periodic import Periodic
 from delayq._task import Task
 from delayq._watch import Watcher
-from delayq.worker._engine import Delivery, Engine, local_ms
+from delayq.worker._engine import Delivery, Engine
 from delayq.worker._loops import wait_any
 from delayq.worker._periodics import PeriodicRunner
 from delayq.worker._settings import WorkerSettings
@@ -39,7 +39,6 @@ class Counters:
     dead: int = 0
     reclaimed: int = 0
     handed_back: int = 0
-    lateness_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -75,7 +74,6 @@ class Executor:
         self.counters = Counters()
         self.abandoned_threads = 0
         self.old_pools: list[ThreadPoolExecutor] = []
-        self.record_lateness = False
 
     @property
     def free_slots(self) -> int:
@@ -143,8 +141,6 @@ class Executor:
             log.error("job %s: could not record its outcome: %r", d.timer_id, exc)
 
     async def process(self, d: Delivery) -> None:
-        if self.record_lateness:
-            self.counters.lateness_ms.append(local_ms() - d.due_ms)
         try:
             payload = decode_payload(d.raw)
         except PayloadError as exc:

@@ -60,7 +60,6 @@ class Worker:
         self._executor: Executor | None = None
         self._sweeper: Sweeper | None = None
         self._stop_requested = False
-        self.record_lateness = False
 
     # -- control ------------------------------------------------------------------------------
 
@@ -141,7 +140,6 @@ class Worker:
             stopping=stopping,
             periodic=periodics,
         )  # fmt: skip
-        executor.record_lateness = self.record_lateness
         sweeper = self._sweeper = Sweeper(
             engine, firing, orphan_scan_interval=settings.orphan_scan_interval,
             scan_watched=watching.scan if watching.active else None,
