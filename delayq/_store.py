@@ -130,17 +130,21 @@ class TimerStore:
         return self._armed(req, self.scripts["schedule"](keys=keys, args=args))
 
     def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> list[Armed]:
-        armed: list[Armed] = []
-        script = self.scripts["schedule"]
-        for start in range(0, len(reqs), chunk):
-            part = reqs[start : start + chunk]
-            pipe = self.client.pipeline(transaction=False)
-            for req in part:
-                keys, args = self._schedule_args(req)
-                script(keys=keys, args=args, client=pipe)
-            replies = pipe.execute()
-            armed.extend(self._armed(r, reply) for r, reply in zip(part, replies, strict=True))
-        return armed
+        replies = self._batched("schedule", [self._schedule_args(r) for r in reqs], chunk)
+        return [self._armed(r, reply) for r, reply in zip(reqs, replies, strict=True)]
+
+    def _batched(
+        self, script_name: str, calls: list[tuple[list[str], list[Any]]], chunk: int
+    ) -> list[Any]:
+        """Run one script for many (keys, args), one round trip per ``chunk`` calls."""
+        script = self.scripts[script_name]
+        replies: list[Any] = []
+        for start in range(0, len(calls), chunk):
+            with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in calls[start : start + chunk]:
+                    script(keys=keys, args=args, client=pipe)
+                replies += pipe.execute()
+        return replies
 
     def cancel(self, timer_id: str) -> bool:
         k = self.keys
@@ -162,17 +166,8 @@ class TimerStore:
         return Touched(req.timer_id, *self.scripts["touch"](keys=keys, args=args))
 
     def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> list[Touched]:
-        touched: list[Touched] = []
-        script = self.scripts["touch"]
-        for start in range(0, len(reqs), chunk):
-            part = reqs[start : start + chunk]
-            pipe = self.client.pipeline(transaction=False)
-            for req in part:
-                keys, args = self._touch_args(req)
-                script(keys=keys, args=args, client=pipe)
-            replies = pipe.execute()
-            touched += [Touched(r.timer_id, *reply) for r, reply in zip(part, replies, strict=True)]
-        return touched
+        replies = self._batched("touch", [self._touch_args(r) for r in reqs], chunk)
+        return [Touched(r.timer_id, *reply) for r, reply in zip(reqs, replies, strict=True)]
 
     def _touch_args(self, req: TouchRequest) -> tuple[list[str], list[Any]]:
         k, t = self.keys, req.timer_id
