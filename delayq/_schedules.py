@@ -80,11 +80,17 @@ class CronSchedule:
 
     def next_after(self, instant: dt.datetime) -> dt.datetime:
         zone = self.zone
-        # Start a little before, in wall time: after a jump back, the instant's wall time may
-        # be earlier than that of ticks already passed. Candidates at or before ``instant``
-        # are skipped below.
-        wall = instant.astimezone(zone).replace(tzinfo=None) - dt.timedelta(hours=3)
-        times = croniter(self.expression, wall, second_at_beginning=True)
+        local = instant.astimezone(zone)
+        wall = local.replace(tzinfo=None)
+        if local.fold:
+            # In the second pass of a repeated hour: wall times of that hour already had their
+            # (first) run, so search from the first pass; earlier candidates are skipped below.
+            first_pass = local.replace(fold=0).utcoffset()
+            second_pass = local.utcoffset()
+            assert first_pass is not None and second_pass is not None
+            wall -= first_pass - second_pass
+        # croniter is strictly after its start: step back so a tick at ``wall`` is a candidate.
+        times = croniter(self.expression, wall - dt.timedelta(seconds=1), second_at_beginning=True)
         while True:
             candidate = to_instant(times.get_next(dt.datetime), zone)
             if candidate > instant:
