@@ -2,6 +2,7 @@
 
 from delayq._app import Delayq
 from delayq._codec import Payload, Touch
+from delayq._context import JobContext, current_job
 from delayq._debounce import Debounced
 from delayq._defaults import configure, default_app, delayed, set_default_app, task
 from delayq._errors import (
@@ -11,6 +12,7 @@ from delayq._errors import (
     JobTimeout,
     PayloadError,
     ScheduleError,
+    ServerOutOfMemory,
     TimerPaused,
 )
 from delayq._server import EmbeddedServer
@@ -29,12 +31,14 @@ __all__ = [
     "DelayqError",
     "EmbeddedServer",
     "InvalidTimerId",
+    "JobContext",
     "JobTimeout",
     "Payload",
     "PayloadError",
     "RetryPolicy",
     "ScheduleError",
     "ScheduleRequest",
+    "ServerOutOfMemory",
     "Task",
     "Timer",
     "TimerPaused",
@@ -43,6 +47,7 @@ __all__ = [
     "WorkerSettings",
     "__version__",
     "configure",
+    "current_job",
     "default_app",
     "delayed",
     "set_default_app",

@@ -9,9 +9,10 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import redis
 
+from delayq._connection import redact_url, tls_failure
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._errors import ConfigurationError
-from delayq._keys import Keys, check_timer_id
+from delayq._keys import KEY_ROOT, Keys, check_timer_id, matches_own_keys
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._store import (
     Armed,
@@ -144,8 +145,18 @@ class Delayq:
         return self._store
 
     def connect(self) -> None:
-        """Check the server answers (the first command would connect anyway)."""
-        self.store.client.ping()
+        """Check the server answers (the first command would connect anyway).
+
+        A failed TLS handshake raises redis-py's ``ConnectionError`` (or ``TimeoutError``) with a
+        message that says so and names the redacted URL, instead of a bare socket error.
+        """
+        try:
+            self.store.client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            problem = tls_failure(exc, self.url)
+            if problem is None:
+                raise
+            raise type(exc)(problem) from exc
 
     def close(self) -> None:
         if self._store is not None:
@@ -297,7 +308,20 @@ class Delayq:
         ``{suffix}`` and ``{key}``) read after the expiry, or None. With ``delete_data=True``
         the companion key is deleted once the handler succeeded (unless rewritten meanwhile).
         """
+        if not isinstance(pattern, str) or not (data is None or isinstance(data, str)):
+            raise ConfigurationError("the watched-key pattern and data= must be str")
+        for text in (pattern, data or ""):
+            try:  # key names are sent as UTF-8: a lone surrogate would fail in the worker
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigurationError(f"{text[:80]!r} is not valid unicode: {exc}") from None
         spec = WatchSpec(pattern, data, delete_data)
+        if matches_own_keys(pattern):
+            # Its expiring shadow keys and fired markers would feed the watcher forever.
+            raise ConfigurationError(
+                f"watch pattern {pattern[:80]!r} can match delayq's own keys "
+                f"({KEY_ROOT}...): start it with a prefix of your own keys"
+            )
 
         policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
 
@@ -368,7 +392,9 @@ class Delayq:
         limit = None if timeout is None else delay_seconds(timeout, name="timeout")
         if limit is not None and limit <= 0:
             raise ConfigurationError("timeout must be positive")
-        return TaskOptions(name or default_task_name(func), policy, default_delay, limit)
+        # An explicit name is checked as given (TaskOptions refuses "", non-str, over-long).
+        task_name = default_task_name(func) if name is None else name
+        return TaskOptions(task_name, policy, default_delay, limit)
 
     def register(self, task: Task[Any, Any]) -> None:
         """Make a task declared elsewhere (e.g. with ``delayq.task``) known to this app."""
@@ -470,13 +496,3 @@ class Delayq:
 def try_decode_task(raw: bytes) -> str | None:
     payload = try_decode(raw)
     return None if payload is None else payload.task
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"

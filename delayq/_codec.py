@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,16 @@ import msgpack
 from delayq._errors import PayloadError
 
 FORMAT_VERSION = 1
+_MAX_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC, the last instant datetime can hold
 _EXT_DATETIME = 1
 _EXT_DATE = 2
 _EXT_UUID = 3
 _EXT_DECIMAL = 4
 _EXT_ZONED_DATETIME = 5  # a datetime whose tzinfo is an IANA zone, kept by name
 _MAX_DEPTH = 64
+# The only zone names a datetime extension may carry: IANA-style names. Anything else (paths,
+# NUL bytes, names thousands of characters long) would reach the file system through ZoneInfo.
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]{1,64}(?:/[A-Za-z0-9_+\-]{1,64}){0,3}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,8 @@ def _ext_hook(code: int, data: bytes) -> object:
             return dt.datetime.fromisoformat(data.decode())
         if code == _EXT_ZONED_DATETIME:
             text, _, zone = data.decode().rpartition("|")
+            if not _ZONE_NAME.fullmatch(zone):
+                raise ValueError(f"{zone[:80]!r} is not a time zone name")
             return dt.datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone))
         if code == _EXT_DATE:
             return dt.date.fromisoformat(data.decode())
@@ -71,6 +78,8 @@ def _ext_hook(code: int, data: bytes) -> object:
             return decimal.Decimal(data.decode())
     except (ValueError, UnicodeDecodeError, ZoneInfoNotFoundError, decimal.InvalidOperation) as exc:
         raise PayloadError(f"bad extension value of type {code}: {exc}") from None
+    except OSError:  # a zone name that is a directory, or too long for the file system
+        raise PayloadError(f"bad extension value of type {code}: unknown time zone") from None
     raise PayloadError(f"unknown msgpack extension type {code}")
 
 
@@ -120,8 +129,13 @@ def encode_payload(
     return data
 
 
-def decode_payload(data: bytes) -> Payload:
-    """Parse a payload; raise PayloadError with the reason if it is not one delayq wrote."""
+def decode_payload(data: bytes, *, max_bytes: int | None = None) -> Payload:
+    """Parse a payload; raise PayloadError with the reason if it is not one delayq wrote.
+
+    ``max_bytes`` (a worker passes its app's ``max_payload_bytes``): a longer payload is refused
+    before it is parsed, as no producer with the same limit could have written it.
+    """
+    limit = _size_limit(data, max_bytes, "payload")
     try:
         value = msgpack.unpackb(
             data,
@@ -129,33 +143,93 @@ def decode_payload(data: bytes) -> Payload:
             raw=False,
             strict_map_key=True,
             use_list=True,
+            timestamp=0,  # msgpack's own timestamp type (-1): refused by _check_values
+            **_container_limits(limit),
         )
     except PayloadError:
         raise
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise PayloadError(f"payload is not valid msgpack: {type(exc).__name__}: {exc}") from None
+        raise PayloadError(_why_not_msgpack("payload", exc)) from None
     return _check_shape(value)
+
+
+def _size_limit(data: bytes, max_bytes: int | None, what: str) -> int:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise PayloadError(f"{what} is not bytes but {type(data).__name__}")
+    if max_bytes is None:
+        return max(len(data), 1)
+    if len(data) > max_bytes:
+        raise PayloadError(
+            f"{what} is {len(data)} bytes, over the limit of {max_bytes} bytes (max_payload_bytes)"
+        )
+    return max_bytes
+
+
+def _container_limits(limit: int) -> dict[str, int]:
+    """Bounds for msgpack headers: no string, array, map or extension in ``limit`` bytes can be
+    longer, so a header claiming more (2**32 - 1 elements in five bytes) is refused before
+    anything is allocated for it."""
+    return {
+        "max_str_len": limit,
+        "max_bin_len": limit,
+        "max_array_len": limit,  # each element takes at least one byte
+        "max_map_len": limit // 2,  # each entry at least two
+        "max_ext_len": limit,
+    }
+
+
+def _why_not_msgpack(what: str, exc: Exception) -> str:
+    """A readable reason for what msgpack raised (several of its errors have no message)."""
+    if isinstance(exc, msgpack.StackError):
+        return f"{what} is nested too deeply for the msgpack decoder (over 1,024 levels)"
+    if isinstance(exc, msgpack.ExtraData):
+        return f"{what} has {len(exc.extra)} byte(s) of trailing data after its msgpack value"
+    if isinstance(exc, msgpack.FormatError):
+        return f"{what} is not valid msgpack: a byte that starts no msgpack value"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{what} has a string that is not valid UTF-8: {exc}"
+    text = str(exc)
+    if "incomplete input" in text or isinstance(exc, msgpack.OutOfData):
+        return f"{what} is truncated: the msgpack data ends in the middle of a value"
+    if "is not allowed for map key" in text:
+        return f"{what} has a map key that is neither str nor bytes: {text}"
+    if " exceeds max_" in text:
+        return f"{what} declares a string, array or map longer than the data can hold: {text}"
+    return f"{what} is not valid msgpack: {type(exc).__name__}: {text}"
 
 
 def _check_shape(value: object) -> Payload:
     if not isinstance(value, list) or len(value) != 6:
-        raise PayloadError("payload is not a delayq payload (expected a list of 6 items)")
+        got = f"a list of {len(value)} items" if isinstance(value, list) else _kind(value)
+        raise PayloadError(
+            f"payload is not a delayq payload (expected a list of 6 items, got {got})"
+        )
     version, task, args, kwargs, attempt, created_ms = value
     if version != FORMAT_VERSION:
-        raise PayloadError(f"unsupported payload format version {version!r}")
-    if not isinstance(task, str) or not task:
-        raise PayloadError("payload has no task name")
+        raise PayloadError(f"unsupported payload format version {version!r:.40}")
+    if not isinstance(task, str):
+        raise PayloadError(f"payload task name is not a string but {_kind(task)}")
+    if not task:
+        raise PayloadError("payload has an empty task name")
     if not isinstance(args, list):
-        raise PayloadError("payload arguments are not a list")
+        raise PayloadError(f"payload arguments are not a list but {_kind(args)}")
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise PayloadError("payload keyword arguments are not a map of names")
     if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
         raise PayloadError("payload attempt is not a non-negative integer")
     if not isinstance(created_ms, int) or isinstance(created_ms, bool):
         raise PayloadError("payload creation time is not an integer")
-    if _depth(args) > _MAX_DEPTH or _depth(kwargs) > _MAX_DEPTH:
-        raise PayloadError(f"payload is nested deeper than {_MAX_DEPTH} levels")
+    if not 0 <= created_ms <= _MAX_MS:
+        raise PayloadError(f"payload creation time {created_ms} is not a time in ms since 1970")
+    _check_values("payload", args, kwargs)
     return Payload(task, tuple(args), kwargs, attempt, created_ms)
+
+
+_KINDS: dict[type, str] = {dict: "a map", list: "a list", str: "a string", bytes: "bytes"}
+
+
+def _kind(value: object) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def _check_encodable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -182,19 +256,20 @@ def _check_encodable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                     stack.append((child, level + 1))
 
 
-def _depth(value: object) -> int:
-    deepest = 0
-    stack: list[tuple[object, int]] = [(value, 1)]
+def _check_values(what: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse nesting deeper than a producer may write, and msgpack's own timestamp type,
+    which delayq never writes (the only extension types it decodes are its own)."""
+    stack: list[tuple[object, int]] = [(args, 1), (kwargs, 1)]
     while stack:
         item, level = stack.pop()
-        deepest = max(deepest, level)
         if level > _MAX_DEPTH:
-            break
+            raise PayloadError(f"{what} is nested deeper than {_MAX_DEPTH} levels")
         if isinstance(item, list):
             stack.extend((child, level + 1) for child in item)
         elif isinstance(item, dict):
             stack.extend((child, level + 1) for child in item.values())
-    return deepest
+        elif isinstance(item, msgpack.Timestamp):
+            raise PayloadError(f"{what} holds a msgpack timestamp (extension type -1)")
 
 
 def reencode(payload: Payload, *, attempt: int, max_bytes: int) -> bytes:
@@ -235,21 +310,41 @@ def encode_touch(
     return data
 
 
-def decode_touches(data: bytes) -> list[Touch]:
-    """The touches stored for a debounced timer: concatenated msgpack items, oldest first."""
-    unpacker = msgpack.Unpacker(raw=False, ext_hook=_ext_hook, strict_map_key=True)
+def decode_touches(data: bytes, *, max_bytes: int | None = None) -> list[Touch]:
+    """The touches stored for a debounced timer: concatenated msgpack items, oldest first.
+
+    ``max_bytes``: the limit of each touch (``max_payload_bytes``); the data may hold many.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise PayloadError(f"stored touches are not bytes but {type(data).__name__}")
+    limit = max(len(data), 1) if max_bytes is None else min(max(len(data), 1), max_bytes)
+    unpacker = msgpack.Unpacker(
+        raw=False, ext_hook=_ext_hook, strict_map_key=True, timestamp=0,
+        max_buffer_size=max(len(data), 1), **_container_limits(limit),
+    )  # fmt: skip
     unpacker.feed(data)
     touches: list[Touch] = []
+    consumed = 0  # the end of the last complete item
     try:
         for item in unpacker:
+            consumed = unpacker.tell()
             if not (isinstance(item, list) and len(item) == 3):
                 raise PayloadError("a stored touch is not a [args, kwargs, time] list")
             args, kwargs, touched_ms = item
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise PayloadError("a stored touch has malformed arguments")
-            touches.append(Touch(tuple(args), kwargs, int(touched_ms)))
+            if not all(isinstance(k, str) for k in kwargs):
+                raise PayloadError("a stored touch has keyword arguments that are not names")
+            if not isinstance(touched_ms, int) or isinstance(touched_ms, bool):
+                raise PayloadError("a stored touch has a time that is not an integer")
+            _check_values("a stored touch", args, kwargs)
+            touches.append(Touch(tuple(args), kwargs, touched_ms))
     except PayloadError:
         raise
     except Exception as exc:
-        raise PayloadError(f"stored touches are not valid msgpack: {exc}") from None
+        raise PayloadError(_why_not_msgpack("stored touches", exc)) from None
+    if consumed != len(data):  # iteration stops quietly at an incomplete last item
+        raise PayloadError(
+            "stored touches are truncated: the msgpack data ends in the middle of a value"
+        )
     return touches

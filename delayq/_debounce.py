@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from delayq._codec import encode_payload, encode_touch
-from delayq._errors import ConfigurationError, ScheduleError
+from delayq._errors import ConfigurationError, InvalidTimerId, ScheduleError
 from delayq._keys import check_user_timer_id as check_timer_id
 from delayq._store import TouchRequest
 from delayq._task import Task, TaskOptions
@@ -76,6 +76,14 @@ class Debounced(Task[P, R]):
         debounce: DebounceOptions,
     ) -> None:
         super().__init__(fn, options, app_ref)
+        if debounce.key is None:
+            try:  # without key=, the task name is the timer id of every touch
+                check_timer_id(options.name)
+            except InvalidTimerId as exc:
+                raise ConfigurationError(
+                    f"debounced task {options.name!r} has no key=, so its name is its timer "
+                    f"id: {exc}"
+                ) from None
         self.debounce = debounce
         self._signature = inspect.signature(fn)
 

@@ -29,3 +29,13 @@ class JobTimeout(DelayqError, TimeoutError):
 
 class TimerPaused(DelayqError):
     """The timer is paused: resume it before changing its deadline."""
+
+
+class ServerOutOfMemory(DelayqError):
+    """The server's memory is full (``maxmemory`` under ``noeviction``): the write that adds
+    work was refused whole, and nothing stored before it was changed."""
+
+    def __init__(self, message: str, *, completed: int = 0) -> None:
+        super().__init__(message)
+        #: For a batch: how many of its operations, in order, were done before the refusal.
+        self.completed = completed

@@ -13,6 +13,11 @@ from delayq._errors import ConfigurationError, InvalidTimerId
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # Ids travel inside key names and stream fields; a bound keeps one bad id from bloating the server.
 MAX_ID_BYTES = 1024
+# Task names travel in every payload and inside the ids delayq derives from them (periodic ticks
+# `~p:<name>@<ms>`, watch timers `~w:<name>|<key>`, a debounced task's own id): half an id.
+MAX_TASK_NAME_BYTES = 512
+# Every key delayq writes starts with this; a watched-key pattern must not match any of them.
+KEY_ROOT = "dq:{"
 GROUP = "workers"
 # A shadow key lives this long past its deadline (the scripts' GRACE): a timer claimed on time
 # from the due index is deleted before it expires, so `expired` events come only from timers
@@ -44,8 +49,12 @@ def check_timer_id(timer_id: str) -> str:
         raise InvalidTimerId(f"timer id must be a str, not {type(timer_id).__name__}")
     if not timer_id:
         raise InvalidTimerId("timer id must not be empty")
-    if len(timer_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-        raise InvalidTimerId(f"timer id is longer than {MAX_ID_BYTES} bytes")
+    size = len(timer_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise InvalidTimerId(
+            f"timer id {timer_id[:40]!r}... is {size} bytes in UTF-8, longer than the limit of "
+            f"{MAX_ID_BYTES} bytes"
+        )
     try:
         timer_id.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -53,12 +62,36 @@ def check_timer_id(timer_id: str) -> str:
     return timer_id
 
 
+def check_task_name(name: object) -> str:
+    """A task name: a non-empty str of valid Unicode, at most MAX_TASK_NAME_BYTES in UTF-8."""
+    if not isinstance(name, str):
+        raise ConfigurationError(f"a task name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ConfigurationError("a task name must not be empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(f"task name {name[:40]!r} is not valid unicode: {exc}") from None
+    if size > MAX_TASK_NAME_BYTES:
+        raise ConfigurationError(
+            f"task name {name[:40]!r}... is {size} bytes in UTF-8, longer than the limit of "
+            f"{MAX_TASK_NAME_BYTES} bytes"
+        )
+    return name
+
+
+def matches_own_keys(pattern: str) -> bool:
+    """Whether a watched-key pattern (one ``*``) can match a key delayq writes itself."""
+    head = pattern.split("*", 1)[0]
+    return KEY_ROOT.startswith(head) or head.startswith(KEY_ROOT)
+
+
 class Keys:
     """Names of one namespace's keys; pure string building, no I/O."""
 
     def __init__(self, namespace: str) -> None:
         self.namespace = check_namespace(namespace)
-        prefix = f"dq:{{{namespace}}}:"
+        prefix = f"{KEY_ROOT}{namespace}}}:"
         self.prefix = prefix
         self.index = prefix + "due"  # sorted set: timer id -> due time (ms, server clock)
         self.ready = prefix + "ready"  # stream of fired jobs, read by the consumer group
@@ -98,6 +131,11 @@ class Keys:
 
     def items(self, timer_id: str) -> str:
         return self.items_prefix + timer_id
+
+    @staticmethod
+    def retired_cycle_id(timer_id: str, nonce: str) -> str:
+        """Id under which a touch retires a debounced cycle that is overdue (see touch.lua)."""
+        return f"{RESERVED_PREFIX}c:{nonce}:{timer_id}"
 
     @staticmethod
     def retry_id(timer_id: str, entry_id: str) -> str:

@@ -26,6 +26,7 @@ NAMES = (
     "forget",
     "periodic",
     "renew",
+    "ensure_group",
 )
 
 

@@ -6,12 +6,17 @@ Each method is one round trip (one script, or one pipeline of scripts for a batc
 from __future__ import annotations
 
 import datetime as dt
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.exceptions import OutOfMemoryError
 
 from delayq._codec import Payload, decode_payload, reencode
+from delayq._errors import ServerOutOfMemory
 from delayq._keys import Keys
 from delayq._scripts import Scripts
 from delayq._when import When
@@ -101,6 +106,26 @@ class DeadLetter:
         return dt.datetime.fromtimestamp(int(self.entry_id.split("-")[0]) / 1000, tz=dt.UTC)
 
 
+def out_of_memory(what: str, *, completed: int = 0) -> ServerOutOfMemory:
+    return ServerOutOfMemory(
+        f"the server's memory is full (used memory above maxmemory, policy noeviction): {what} "
+        "refused, and nothing stored before was changed; pending timers still fire and "
+        "workers free memory as jobs finish",
+        completed=completed,
+    )
+
+
+@contextmanager
+def refused_when_full(what: str) -> Iterator[None]:
+    """Turn the server's OOM refusal of a script that adds work into a ServerOutOfMemory.
+
+    Such scripts are flagged so that the server refuses them before their first write."""
+    try:
+        yield
+    except OutOfMemoryError as exc:
+        raise out_of_memory(what) from exc
+
+
 class TimerStore:
     def __init__(self, client: Client, keys: Keys, *, max_payload_bytes: int) -> None:
         self.client = client
@@ -127,7 +152,9 @@ class TimerStore:
 
     def schedule(self, req: ScheduleRequest) -> Armed:
         keys, args = self._schedule_args(req)
-        return self._armed(req, self.scripts["schedule"](keys=keys, args=args))
+        with refused_when_full(f"timer {req.timer_id!r} was"):
+            reply = self.scripts["schedule"](keys=keys, args=args)
+        return self._armed(req, reply)
 
     def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> list[Armed]:
         replies = self._batched("schedule", [self._schedule_args(r) for r in reqs], chunk)
@@ -143,8 +170,19 @@ class TimerStore:
             with self.client.pipeline(transaction=False) as pipe:
                 for keys, args in calls[start : start + chunk]:
                     script(keys=keys, args=args, client=pipe)
-                replies += pipe.execute()
+                replies += pipe.execute(raise_on_error=False)
+            errors = [reply for reply in replies if isinstance(reply, Exception)]
+            if errors:
+                raise self._batch_error(errors[0], len(calls), len(replies) - len(errors))
         return replies
+
+    @staticmethod
+    def _batch_error(first: Exception, total: int, completed: int) -> Exception:
+        if isinstance(first, OutOfMemoryError):
+            return out_of_memory(
+                f"{total - completed} of a batch of {total} were", completed=completed
+            )
+        return first
 
     def cancel(self, timer_id: str) -> bool:
         k = self.keys
@@ -156,14 +194,18 @@ class TimerStore:
         """Run one control.lua operation (see its header for what each does)."""
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.paused]
-        status, due, now = self.scripts["control"](
-            keys=keys, args=[timer_id, operation, ms, k.wake_channel]
-        )
+        verb = "reschedule" if operation in ("delay", "at") else operation
+        with refused_when_full(f"{verb} of timer {timer_id!r} was"):
+            status, due, now = self.scripts["control"](
+                keys=keys, args=[timer_id, operation, ms, k.wake_channel]
+            )
         return Controlled(int(status), int(due), int(now))
 
     def touch(self, req: TouchRequest) -> Touched:
         keys, args = self._touch_args(req)
-        return Touched(req.timer_id, *self.scripts["touch"](keys=keys, args=args))
+        with refused_when_full(f"touch of timer {req.timer_id!r} was"):
+            reply = self.scripts["touch"](keys=keys, args=args)
+        return Touched(req.timer_id, *reply)
 
     def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> list[Touched]:
         replies = self._batched("touch", [self._touch_args(r) for r in reqs], chunk)
@@ -171,9 +213,11 @@ class TimerStore:
 
     def _touch_args(self, req: TouchRequest) -> tuple[list[str], list[Any]]:
         k, t = self.keys, req.timer_id
-        keys = [k.shadow(t), k.data(t), k.items(t), k.index, k.first_touch, k.paused]
+        retired = k.retired_cycle_id(t, secrets.token_hex(6))
+        keys = [k.shadow(t), k.data(t), k.items(t), k.index, k.first_touch, k.paused,
+                k.data(retired), k.items(retired)]  # fmt: skip
         args: list[Any] = [t, req.payload, req.window_ms, req.mode, req.max_items,
-                           req.max_wait_ms, k.wake_channel, req.item]  # fmt: skip
+                           req.max_wait_ms, k.wake_channel, req.item, retired]  # fmt: skip
         return keys, args
 
     def lookup(self, timer_id: str) -> Lookup:
@@ -238,7 +282,8 @@ class TimerStore:
         t = letter.timer_id
         keys = [k.dead, k.shadow(t), k.data(t), k.index, k.items(t)]
         args: list[Any] = [letter.entry_id, t, payload, k.wake_channel, letter.raw_items]
-        return int(self.scripts["redrive"](keys=keys, args=args))
+        with refused_when_full(f"re-arming dead letter {letter.entry_id} was"):
+            return int(self.scripts["redrive"](keys=keys, args=args))
 
     def purge_dead(self, entry_ids: list[str] | None = None) -> int:
         if entry_ids is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from delayq._codec import encode_payload
 from delayq._errors import ConfigurationError
-from delayq._keys import check_user_timer_id
+from delayq._keys import check_task_name, check_user_timer_id
 from delayq._store import ScheduleRequest
 from delayq._timer import Timer
 from delayq._when import Delay, delay_seconds, resolve_when
@@ -66,6 +66,9 @@ class TaskOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     default_delay: float = 0.0
     timeout: float | None = None  # seconds a run may take before it counts as failed
+
+    def __post_init__(self) -> None:
+        check_task_name(self.name)
 
 
 class Task(Generic[P, R]):

@@ -16,7 +16,8 @@ import typer
 from redis.connection import parse_url
 from redis.exceptions import RedisError
 
-from delayq._app import Delayq, redact_url
+from delayq._app import Delayq
+from delayq._connection import redact_url, tls_failure
 from delayq._defaults import set_default_app
 from delayq._errors import DelayqError, TimerPaused
 from delayq._schedules import load_zone
@@ -73,9 +74,15 @@ def load_app(spec: str) -> Delayq:
     return app
 
 
+# The URL of the app the running command resolved, for main()'s error messages.
+_resolved_url: str | None = None
+
+
 def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Delayq:
+    global _resolved_url
     app = load_app(spec) if spec else Delayq(url, namespace=namespace)
     app.override(url=url, namespace=namespace)
+    _resolved_url = app.url
     return app
 
 
@@ -120,7 +127,10 @@ def worker(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except RedisError as exc:
-        typer.echo(f"error: cannot use the server at {redact_url(app.url)}: {exc}", err=True)
+        message = (
+            tls_failure(exc, app.url) or f"cannot use the server at {redact_url(app.url)}: {exc}"
+        )
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
     if runner.abandoned_threads:
         # A blocking handler ignored the shutdown; its job was handed back, so exit now
@@ -361,7 +371,8 @@ def main() -> None:
         raise SystemExit(2) from None
     except RedisError as exc:
         # Connection errors name host and port, never the password.
-        typer.echo(f"error: the server failed: {type(exc).__name__}: {exc}", err=True)
+        tls = tls_failure(exc, _resolved_url) if _resolved_url else None
+        typer.echo(f"error: {tls or f'the server failed: {type(exc).__name__}: {exc}'}", err=True)
         raise SystemExit(2) from None
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -53,12 +53,20 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, spec: str, url: str, namespace: str, *extra: str, cwd: Path, log_path: Path
+        self,
+        spec: str,
+        url: str,
+        namespace: str,
+        *extra: str,
+        cwd: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.args = [sys.executable, "-m", "delayq", "worker", "-A", spec, "--url", url,
                      "--namespace", namespace, *extra]  # fmt: skip
         self.cwd = cwd
         self.log_path = log_path
+        self.env = dict(env or {})  # added to (or replacing) the parent's environment
         self._proc: subprocess.Popen[bytes] | None = None
         self._signalled = False
 
@@ -66,7 +74,7 @@ class WorkerProcess:
         if self._proc is not None:
             raise RuntimeError("the worker process was already started")
         path = [str(self.cwd), *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        env = {**os.environ, **self.env, "PYTHONPATH": os.pathsep.join(path)}
         # A file, not a pipe: nobody reads the log while the worker runs, and a full pipe
         # would block it.
         with self.log_path.open("wb") as log:

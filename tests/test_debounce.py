@@ -212,3 +212,38 @@ def test_callable_key_and_cancel(app: Delayq) -> None:
     assert remind.touch("alice").created is False
     assert timer.cancel() is True
     assert remind.touch("alice").created is True
+
+
+def test_touch_after_an_unfired_deadline_starts_a_new_cycle(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """With no worker to fire it, a cycle whose quiet period elapsed is still complete: a later
+    touch must not fold into it (a heartbeat after 31 minutes of silence still raises the
+    30-minute alert), whoever fires it and whenever."""
+    runs: list[tuple[str, Any]] = []
+
+    @app.debounced(seconds=0.3, key="{device}")
+    def last(device: str, n: int) -> None:
+        runs.append((device, n))
+
+    @app.debounced(seconds=0.3, key="all-{device}", payload="all")
+    def every(touches: list[Touch]) -> None:
+        runs.append(("all", [t.kwargs["n"] for t in touches]))
+
+    for n in (1, 2):
+        last.touch("door", n=n)
+        every.touch(device="door", n=n)
+    first = last.touch("door", n=3)
+    every.touch(device="door", n=3)
+    wait_until(lambda: app.store.server_time_ms() > first.due_ms + 100, timeout=10)
+    second = last.touch("door", n=4)  # the first cycle's deadline has passed: a new cycle
+    every.touch(device="door", n=4)
+    assert second.due_ms > first.due_ms + 300
+    assert app.pending_count() == 4  # two cycles of each: the overdue ones retired, not lost
+
+    start_worker(app)
+    wait_until(lambda: len(runs) == 4, timeout=15)
+    assert sorted(runs, key=repr) == sorted(
+        [("door", 3), ("door", 4), ("all", [1, 2, 3]), ("all", [4])], key=repr
+    )
+    wait_until(lambda: app.pending_count() == 0)

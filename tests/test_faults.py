@@ -13,12 +13,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pytest
 import redis
 
-from delayq import Delayq, EmbeddedServer, WorkerSettings
+from delayq import Delayq, EmbeddedServer, ServerOutOfMemory, Timer, WorkerSettings
 from delayq._task import Task
 from tests import worker_app
 from tests.conftest import WorkerProcess, WorkerThread, wait_until
@@ -457,3 +458,56 @@ def test_timer_whose_shadow_key_was_lost_fires_from_the_index_on_time(
     assert -5 <= lateness < 1500, f"lateness {lateness:.0f} ms"
     assert runs.first("kept") - kept.due_ms < 1500
     assert app.stats()["fired"] == 2
+
+
+# -- 7. the server's memory is full ---------------------------------------------------------------
+
+
+def test_full_server_refuses_new_work_clearly_and_loses_no_pending_timer(
+    tmp_path: Path, namespace: str, start_worker: Callable[..., WorkerThread]
+) -> None:
+    limits = ("--maxmemory", "10mb", "--maxmemory-policy", "noeviction")
+    with EmbeddedServer(data_dir=tmp_path / "valkey", extra_args=limits) as server:
+        app = Delayq(server.url, namespace=namespace)
+        client = redis.Redis.from_url(server.url)
+        runs = Runs()
+
+        @app.task(name="faults.bulky")
+        def bulky(tag: str, blob: str) -> None:
+            runs.add(tag)
+
+        @app.debounced(seconds=1.0, key="{tag}")
+        def quiet(tag: str) -> None:
+            runs.add("quiet:" + tag)
+
+        armed: list[Timer] = []
+        with pytest.raises(ServerOutOfMemory, match="memory is full") as full:
+            for i in range(100_000):
+                armed.append(bulky.schedule(f"b{i}", "x" * 2000, delay=1.0))
+        assert 1000 < len(armed) < 100_000
+        assert "refused, and nothing stored before was changed" in str(full.value)
+        # The refused timer left nothing behind: every stored key belongs to an armed timer.
+        ids = {t.id for t in armed}
+        assert {m.decode() for m in client.zrange(app.keys.index, 0, -1)} == ids
+        assert len(list(client.scan_iter(app.keys.data_pattern(), 1000))) == len(ids)
+        with pytest.raises(ServerOutOfMemory) as batch:
+            app.schedule_many([bulky.prepare(f"m{i}", "x", delay=1.0) for i in range(10)])
+        assert batch.value.completed == 0 and "10 of a batch of 10 were" in str(batch.value)
+        with pytest.raises(ServerOutOfMemory, match="touch of timer"):
+            quiet.touch("door")
+        with pytest.raises(ServerOutOfMemory, match="reschedule of timer"):
+            armed[1].reschedule(delay=5.0)
+        assert armed[0].cancel()  # cancelling frees memory: always allowed
+
+        # A worker starts on the full server (its consumer group is created there too), fires
+        # every pending timer and frees the memory.
+        start_worker(app)
+        expected = {f"b{i}" for i in range(1, len(armed))}
+        wait_until(lambda: runs.total() >= len(expected), timeout=60)
+        wait_drained(client, app, timeout=30)
+        assert_once_each(runs.counts(), expected)
+        assert app.dead_letters() == []
+        bulky.schedule("after", "x", delay=0.05)  # room again
+        wait_until(lambda: runs.counts().get("after") == 1, timeout=15)
+        client.close()
+        app.close()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import redis
 
-from delayq import Delayq, RetryPolicy
+from delayq import Delayq, JobContext, RetryPolicy, current_job
 from delayq._codec import encode_payload
 from tests.conftest import WorkerThread, wait_until
 
@@ -185,3 +185,36 @@ def test_hanging_job_times_out_and_frees_its_slot(
     quick.delay("after")
     wait_until(lambda: done == ["after"], timeout=10)
     release.set()
+
+
+def test_current_job_tells_a_handler_which_firing_it_runs(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    seen: list[tuple[str, JobContext | None]] = []
+
+    @app.task(retries=1, retry_backoff=0.05)
+    def sync_job(tag: str) -> None:
+        job = current_job()
+        seen.append((tag, job))
+        if job is not None and job.attempt == 0:
+            raise ValueError("first attempt fails")
+
+    @app.task
+    async def async_job(tag: str) -> None:
+        seen.append((tag, current_job()))
+
+    sync_job("plain call")  # run in-process, not by a worker: no job
+    assert seen == [("plain call", None)] and current_job() is None
+    start_worker(app)
+    first = sync_job.schedule("sync", delay=0.05)
+    second = async_job.schedule("async", delay=0.05)
+    wait_until(lambda: len(seen) == 4, timeout=15)
+    jobs = {(tag, job.attempt): job for tag, job in seen[1:] if job is not None}
+    assert sorted(jobs) == [("async", 0), ("sync", 0), ("sync", 1)]
+    assert jobs["async", 0].timer_id == second.id and jobs["async", 0].task == async_job.name
+    assert jobs["async", 0].due_ms == second.due_ms
+    assert jobs["async", 0].fired_ms >= second.due_ms
+    retried = jobs["sync", 1]
+    assert jobs["sync", 0].timer_id == retried.timer_id == first.id
+    assert jobs["sync", 0].delivery_id != retried.delivery_id  # a retry is a new firing
+    assert retried.due_at.timestamp() * 1000 == retried.due_ms

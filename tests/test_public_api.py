@@ -15,12 +15,14 @@ def test_all_is_pinned() -> None:
             "DelayqError",
             "EmbeddedServer",
             "InvalidTimerId",
+            "JobContext",
             "JobTimeout",
             "Payload",
             "PayloadError",
             "RetryPolicy",
             "ScheduleError",
             "ScheduleRequest",
+            "ServerOutOfMemory",
             "Task",
             "Timer",
             "TimerPaused",
@@ -29,6 +31,7 @@ def test_all_is_pinned() -> None:
             "WorkerSettings",
             "__version__",
             "configure",
+            "current_job",
             "default_app",
             "delayed",
             "set_default_app",
@@ -62,8 +65,16 @@ def test_lua_scripts_are_registered_and_share_the_grace() -> None:
         p.name[:-4]: p.read_text() for p in resources.files("delayq").joinpath("lua").iterdir()
     }
     assert sorted(files) == sorted(NAMES)
+    refused_when_full = set()
     for name, text in files.items():
+        # Line 1 declares the script's flags: only scripts that add work are refused whole
+        # when the server's memory is full; the rest must run there so that workers drain it.
+        shebang, _, text = text.partition("\n")
+        assert shebang in ("#!lua", "#!lua flags=allow-oom"), name
+        if shebang == "#!lua":
+            refused_when_full.add(name)
         assert text.startswith(f"-- {name}.lua:"), f"{name}.lua must open with its header"
         assert "KEYS[1]" in text.split("\n\n")[0] or "ARGV" in text, name
         for value in re.findall(r"local GRACE = (\d+)", text):
             assert int(value) == SHADOW_GRACE_MS, name
+    assert refused_when_full == {"schedule", "touch", "control", "redrive"}

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- bury.lua: move a job that cannot or may no longer run to the dead-letter stream.
 -- Only the worker that still owns the entry may do so (XPENDING names the owner).
 --

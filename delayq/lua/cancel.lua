@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- cancel.lua: disarm a pending (or paused) timer so that it never fires.
 --
 -- KEYS[1]  shadow key

@@ -1,3 +1,4 @@
+#!lua
 -- control.lua: change a pending timer's deadline: reschedule, restart, extend, pause, resume.
 --
 -- KEYS[1]  shadow key       value = the armed duration in ms

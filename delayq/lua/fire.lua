@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- fire.lua: the one claim through which every path fires timers (deadline, notification, sweep).
 -- A timer fires when its due-index entry exists and is due by the server's clock; the entry is
 -- removed in the same step, so each timer fires exactly once however many workers call this.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- fire_watch.lua: the claim of watch timers (on_expire), the counterpart of fire.lua.
 -- A watch timer fires when it is due and its watched key is gone (expired). If the key got a
 -- new TTL that the worker has not heard of, the timer moves to the new deadline instead.

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- forget.lua: delete a watched key's companion data after its handler succeeded
 -- (on_expire with delete_data=True), unless it was written again meanwhile.
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- handback.lua: give an unfinished job back to the queue at once (a worker shutting down),
 -- rather than leaving it to the visibility timeout. Only the worker that still owns the
 -- entry may do so (XPENDING names the owner).

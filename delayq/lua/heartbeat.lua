@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- heartbeat.lua: keep this worker's running jobs from being taken over, without ever taking
 -- back a job that another worker has already taken over (as a plain XCLAIM would).
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- periodic.lua: arm the next tick of a periodic task, compare-and-set on its state hash, so
 -- that each tick instant is armed at most once, whatever workers race or restart.
 --

@@ -1,3 +1,4 @@
+#!lua
 -- redrive.lua: take one dead letter off the dead-letter stream and arm it again as a timer.
 --
 -- KEYS[1]  dead-letter stream

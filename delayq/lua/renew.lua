@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- renew.lua: extend a lock's lifetime only while this holder still owns it.
 --
 -- KEYS[1]  the lock (a periodic task's overlap lock)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- repair.lua: re-index a data key that the sweeper found without a due-index entry.
 -- (Data keys exist only for pending or paused timers: firing moves the payload into the
 -- ready stream.)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- retry.lua: acknowledge a failed delivery and re-arm its job as a timer (new payload with the
 -- next attempt number), in one step. Only the delivery that still holds the entry may do so:
 -- a worker whose job was meanwhile taken over by another (XPENDING names the owner) may not.

@@ -1,3 +1,4 @@
+#!lua
 -- schedule.lua: arm one timer (shadow key + data key + due-index entry), atomically.
 --
 -- KEYS[1]  shadow key        value = the armed duration in ms (for restart),

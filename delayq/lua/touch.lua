@@ -1,3 +1,4 @@
+#!lua
 -- touch.lua: arm a debounced timer, or re-arm it if its cycle is still pending: it fires
 -- `seconds` after the last touch (at most `max_wait` after the first touch of the cycle).
 -- A cycle is pending while its due-index entry exists; once fired (entry removed by
@@ -18,7 +19,16 @@
 -- ARGV[5]  max items kept ("all"), the newest
 -- ARGV[6]  max wait, ms (0: none)
 -- ARGV[7]  wake channel
+-- KEYS[7]  data key of the retired cycle (see below)
+-- KEYS[8]  items list of the retired cycle
 -- ARGV[8]  item for this touch ("all"; "" otherwise)
+-- ARGV[9]  id for the retired cycle: unique per touch, starting with "~c:"
+--
+-- A cycle whose deadline has passed is complete even if no worker fired it yet (workers down
+-- or busy, the server frozen): the quiet period the debounce waits for did elapse. A touch then
+-- retires it under ARGV[9], due at its own deadline, so it still fires once, and starts a new
+-- cycle. So whether a touch extends a cycle depends on the server's clock only, never on how
+-- soon a worker claimed the deadline.
 --
 -- Returns {new_cycle, due_ms, now_ms, items}
 -- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
@@ -29,7 +39,17 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, mode = ARGV[1], ARGV[4]
 local window, max_wait = tonumber(ARGV[3]), tonumber(ARGV[6])
 
-local pending = redis.call('ZSCORE', KEYS[4], id) or redis.call('HEXISTS', KEYS[6], id) == 1
+local score = redis.call('ZSCORE', KEYS[4], id)
+if score and tonumber(score) <= now then
+  redis.call('RENAME', KEYS[2], KEYS[7])
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[8]) end
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZADD', KEYS[4], score, ARGV[9])
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('PUBLISH', ARGV[7], score)
+  score = false
+end
+local pending = score or redis.call('HEXISTS', KEYS[6], id) == 1
 local due = now + window
 local items = 0
 if pending then

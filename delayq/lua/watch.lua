@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- watch.lua: keep the deadline of a key written by another program (on_expire) in the due
 -- index, from the key's own TTL. Run on its keyspace events and when a scan finds it.
 --

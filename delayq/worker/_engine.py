@@ -64,12 +64,8 @@ class Engine:
         return int(sec) * 1000 + int(usec) // 1000
 
     async def ensure_group(self) -> None:
-        try:
-            # From the stream's start, so jobs fired before any worker existed are delivered.
-            await self.client.xgroup_create(self.keys.ready, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        # From the stream's start, so jobs fired before any worker existed are delivered.
+        await self.scripts["ensure_group"](keys=[self.keys.ready], args=[GROUP])
 
     # -- firing -------------------------------------------------------------------------------
 

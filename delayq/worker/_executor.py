@@ -7,6 +7,7 @@ Coroutine functions run on the worker's event loop; plain functions run in a thr
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import traceback
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from delayq._codec import Payload, decode_payload, decode_touches, reencode
+from delayq._context import JobContext, bind_job, unbind_job
 from delayq._debounce import Debounced
 from delayq._errors import JobTimeout, PayloadError
 from delayq._periodic import Periodic
@@ -142,7 +144,7 @@ class Executor:
 
     async def process(self, d: Delivery) -> None:
         try:
-            payload = decode_payload(d.raw)
+            payload = decode_payload(d.raw, max_bytes=self.max_payload_bytes)
         except PayloadError as exc:
             await self._bury(d, "", f"undecodable payload: {exc}", "")
             return
@@ -153,7 +155,7 @@ class Executor:
         args = payload.args
         if isinstance(task, Debounced) and task.debounce.payload == "all":
             try:
-                args = (decode_touches(d.items or b""),)
+                args = (decode_touches(d.items or b"", max_bytes=self.max_payload_bytes),)
             except PayloadError as exc:
                 await self._bury(d, task.name, f"undecodable touches: {exc}", "")
                 return
@@ -181,7 +183,7 @@ class Executor:
         self, d: Delivery, task: Task[Any, Any], payload: Payload, args: tuple[Any, ...]
     ) -> None:
         try:
-            await self._call(task, args, payload.kwargs)
+            await self._call(task, args, payload.kwargs, _job_context(d, task, payload))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # SystemExit from a handler is its failure, not ours
@@ -199,14 +201,21 @@ class Executor:
         self.ack_ready.set()
 
     async def _call(
-        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], job: JobContext
     ) -> None:
         limit = task.options.timeout
-        if task.is_async:
-            run: Awaitable[Any] = task.call_async(args, kwargs)
-        else:
-            call = functools.partial(task.call_sync, args, kwargs)
-            run = asyncio.get_running_loop().run_in_executor(self.pool, call)
+        token = bind_job(job)
+        try:
+            if task.is_async:
+                # A task made now copies the context, with the job bound in it.
+                run: Awaitable[Any] = asyncio.ensure_future(task.call_async(args, kwargs))
+            else:
+                # Threads do not inherit context variables: hand this one over explicitly.
+                context = contextvars.copy_context()
+                call = functools.partial(context.run, task.call_sync, args, kwargs)
+                run = asyncio.get_running_loop().run_in_executor(self.pool, call)
+        finally:
+            unbind_job(token)
         try:
             await asyncio.wait_for(run, limit)
         except TimeoutError:
@@ -321,3 +330,14 @@ class Executor:
         self.pool.shutdown(wait=False, cancel_futures=True)
         pools = [self.pool, *self.old_pools]
         return any(t.is_alive() for pool in pools for t in getattr(pool, "_threads", ()))
+
+
+def _job_context(d: Delivery, task: Task[Any, Any], payload: Payload) -> JobContext:
+    return JobContext(
+        timer_id=d.timer_id,
+        task=task.name,
+        attempt=payload.attempt,
+        delivery_id=d.entry_id,
+        due_ms=d.due_ms,
+        fired_ms=d.fired_ms,
+    )

@@ -23,7 +23,8 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from delayq._app import Delayq, redact_url
+from delayq._app import Delayq
+from delayq._connection import redact_url
 from delayq._defaults import find_task
 from delayq._task import Task
 from delayq.worker._checks import _db, ensure_notifications, warn_on_eviction
