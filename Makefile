@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test demo demo-heartbeat bench bench-debounce clean
+.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ mypy: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The fault-injection scenarios at full scale, with their ledger (make test runs them bounded).
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --full
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -1,0 +1,78 @@
+"""The app the chaos workers run. Every finished job appends one line to a file of its process.
+
+Recording to files, not to the server, keeps the ledger independent of the faults injected into
+the server (restarts, a full memory). ``CHAOS_CLOCK_SKEW`` (seconds) sets this process's
+``time.time()`` that far off, as a worker on a machine with a wrong clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass
+
+from delayq import Debounced, Delayq, Task, current_job
+from delayq._periodic import Periodic
+
+SKEW_S = float(os.environ.get("CHAOS_CLOCK_SKEW", "0"))
+if SKEW_S:
+    _real_time, _real_time_ns = time.time, time.time_ns
+    time.time = lambda: _real_time() + SKEW_S
+    time.time_ns = lambda: _real_time_ns() + int(SKEW_S * 1e9)
+
+RUNS_DIR = os.environ.get("CHAOS_DIR", ".")
+DEBOUNCE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Tasks:
+    delayed: Task[[str, str], None]
+    debounced: Debounced[[str, int], None]
+    periodic: Periodic[[], None]
+    hang: Task[[str], None]
+
+
+def declare(app: Delayq) -> Tasks:
+    """The chaos tasks, declared on ``app``: the workers' app below, or a producer's."""
+
+    @app.task(name="chaos.delayed", retries=5, retry_backoff=0.2)
+    def delayed(tag: str, pad: str = "") -> None:
+        """``pad`` only makes the payload bigger (the full-memory scenario)."""
+        record("delayed", tag)
+
+    @app.debounced(seconds=DEBOUNCE_S, key="{tag}", name="chaos.debounced")
+    def debounced(tag: str, seq: int) -> None:
+        record("debounced", tag, str(seq))
+
+    @app.periodic(every=dt.timedelta(seconds=1), catch_up="all", name="chaos.periodic")
+    def periodic() -> None:
+        job = current_job()
+        assert job is not None
+        record("periodic", str(job.due_ms))
+
+    @app.task(name="chaos.hang", retries=1, retry_backoff=0.1, timeout=1.0)
+    def hang(tag: str) -> None:
+        """Never returns: its timeout fails it; it is retried once, then dead-lettered."""
+        time.sleep(3600)
+
+    return Tasks(delayed, debounced, periodic, hang)
+
+
+def record(kind: str, tag: str, extra: str = "") -> None:
+    """``kind|tag|timer id|delivery|attempt|due ms|fired ms|ran ms|pid|extra``, one write."""
+    job = current_job()
+    assert job is not None, "chaos tasks run on workers only"
+    ran_ms = time.clock_gettime_ns(time.CLOCK_REALTIME) // 1_000_000  # the true clock
+    fields = (kind, tag, job.timer_id, job.delivery_id, job.attempt, job.due_ms, job.fired_ms,
+              ran_ms, os.getpid(), extra)  # fmt: skip
+    line = "|".join(str(f) for f in fields) + "\n"
+    fd = os.open(f"{RUNS_DIR}/runs-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+app = Delayq(os.environ.get("DELAYQ_URL"), namespace=os.environ.get("DELAYQ_NAMESPACE"))
+tasks = declare(app)
