@@ -351,3 +351,21 @@ def test_overlap_queue_runs_late_ticks_after_the_previous_run(
     ordered = sorted(spans)
     for (_, end), (start, _) in itertools.pairwise(ordered):
         assert start >= end - 0.05, "a queued tick ran while the previous run was running"
+
+
+def test_overlap_lock_left_by_a_finished_run_does_not_skip_ticks(
+    app: Delayq, rclient: redis.Redis, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """A run whose lock release failed (server unreachable, or restored from a snapshot taken
+    mid-run) leaves the lock behind; the next tick must see that its holder is over."""
+    runs: list[float] = []
+
+    @app.periodic(every=dt.timedelta(seconds=1), overlap="skip")
+    def beat() -> None:
+        runs.append(time.time())
+
+    # Held by a delivery that is not pending (finished long ago), for a minute.
+    rclient.set(app.keys.periodic_lock(beat.name), "1-0", px=60_000)
+    start_worker(app, SECOND_TICKS)
+    wait_until(lambda: len(runs) >= 3, timeout=10)
+    assert rclient.get(app.keys.periodic_lock(beat.name)) != b"1-0"

@@ -117,9 +117,7 @@ class PeriodicRunner:
         if task.periodic.overlap == "allow":
             return "run"
         lock = self.app.keys.periodic_lock(task.name)
-        taken = await self.engine.client.set(lock, d.entry_id, nx=True, px=self.lock_ttl_ms)
-        # The same delivery again (its worker died mid-run): the lock is its own.
-        if taken or await self.engine.renew(lock, d.entry_id, self.lock_ttl_ms):
+        if await self._lock(lock, d.entry_id):
             self.held_locks[lock] = d.entry_id
             return "run"
         if task.periodic.overlap == "skip":
@@ -129,6 +127,23 @@ class PeriodicRunner:
             return "skip"
         await self._advance_deferred(task, d)
         return "requeued"
+
+    async def _lock(self, lock: str, token: str) -> bool:
+        """Take the task's overlap lock for the delivery ``token``, or keep it if it is already
+        its own (its worker died mid-run), or take it from a run that is over: a lock whose
+        holder's delivery is no longer pending was left behind by a release that failed (the
+        server was unreachable, or restored from a snapshot) and must not skip ticks."""
+        if await self.engine.client.set(lock, token, nx=True, px=self.lock_ttl_ms):
+            return True
+        if await self.engine.renew(lock, token, self.lock_ttl_ms):
+            return True
+        holder: Any = await self.engine.client.get(lock)
+        if holder is not None and await self.engine.deliveries_of([holder.decode()]) != [0]:
+            return False  # the previous run is still going
+        if holder is not None:
+            log.info("taking over the overlap lock %s of a run that is over", lock)
+            await self.engine.forget(lock, holder)
+        return bool(await self.engine.client.set(lock, token, nx=True, px=self.lock_ttl_ms))
 
     async def advance(self, task: Periodic[Any, Any], tick_ms: int, now: int) -> None:
         """Arm the tick after ``tick_ms``, unless another worker or a new schedule did."""
