@@ -6,6 +6,7 @@ Each method is one round trip (one script, or one pipeline of scripts for a batc
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,6 +133,10 @@ class TimerStore:
         self.keys = keys
         self.max_payload_bytes = max_payload_bytes
         self.scripts = Scripts(client)
+        # Unique names for the debounced cycles a touch may retire (see touch.lua): random per
+        # store, then counted, which is cheaper than random bytes for every touch.
+        self._nonce_prefix = secrets.token_hex(6)
+        self._nonces = itertools.count()
 
     def _schedule_args(self, req: ScheduleRequest) -> tuple[list[str], list[Any]]:
         k = self.keys
@@ -213,7 +218,7 @@ class TimerStore:
 
     def _touch_args(self, req: TouchRequest) -> tuple[list[str], list[Any]]:
         k, t = self.keys, req.timer_id
-        retired = k.retired_cycle_id(t, secrets.token_hex(6))
+        retired = k.retired_cycle_id(t, f"{self._nonce_prefix}{next(self._nonces):x}")
         keys = [k.shadow(t), k.data(t), k.items(t), k.index, k.first_touch, k.paused,
                 k.data(retired), k.items(retired)]  # fmt: skip
         args: list[Any] = [t, req.payload, req.window_ms, req.mode, req.max_items,
