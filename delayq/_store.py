@@ -195,14 +195,17 @@ class TimerStore:
                 k.first_touch]  # fmt: skip
         return bool(self.scripts["cancel"](keys=keys, args=[timer_id]))
 
-    def control(self, timer_id: str, operation: str, ms: int = 0) -> Controlled:
-        """Run one control.lua operation (see its header for what each does)."""
+    def control(
+        self, timer_id: str, operation: str, ms: int = 0, *, duration_ms: int = 0
+    ) -> Controlled:
+        """Run one control.lua operation (see its header for what each does); ``duration_ms``
+        is the armed duration to assume if the server no longer knows it."""
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.paused]
         verb = "reschedule" if operation in ("delay", "at") else operation
         with refused_when_full(f"{verb} of timer {timer_id!r} was"):
             status, due, now = self.scripts["control"](
-                keys=keys, args=[timer_id, operation, ms, k.wake_channel]
+                keys=keys, args=[timer_id, operation, ms, k.wake_channel, duration_ms]
             )
         return Controlled(int(status), int(due), int(now))
 

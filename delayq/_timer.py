@@ -79,7 +79,8 @@ class Timer:
         return dt.timedelta(milliseconds=max(0, found.due_ms - found.now_ms))
 
     def _apply(self, operation: str, ms: int = 0) -> bool:
-        result: Controlled = self._app.store.control(self.id, operation, ms)
+        store = self._app.store
+        result: Controlled = store.control(self.id, operation, ms, duration_ms=self._duration())
         if result.status == -1:
             raise TimerPaused(f"timer {self.id!r} is paused: resume() it before {operation}")
         if result.status == 1:
@@ -98,8 +99,12 @@ class Timer:
 
     def restart(self) -> bool:
         """Arm the timer again for the duration it was last armed with, counted from now."""
-        fallback = max(0, self.due_ms - self.payload.created_ms) if self.due_ms > 0 else 0
-        return self._apply("restart", fallback)
+        return self._apply("restart")
+
+    def _duration(self) -> int:
+        """The armed duration as far as this handle can tell: the server keeps the true one
+        (in the shadow key) and uses this only if that key is gone (see control.lua)."""
+        return max(0, self.due_ms - self.payload.created_ms) if self.due_ms > 0 else 0
 
     def extend(self, by: Delay) -> bool:
         """Push the deadline later by ``by`` (seconds or timedelta)."""
@@ -108,7 +113,7 @@ class Timer:
     def pause(self) -> bool:
         """Stop the countdown, keeping the time left. True if it was running, False if not
         pending; pausing a paused timer changes nothing and returns True."""
-        result = self._app.store.control(self.id, "pause")
+        result = self._app.store.control(self.id, "pause", duration_ms=self._duration())
         if result.status in (1, -1):
             if result.status == 1:
                 self.due_ms, self.paused_left_ms = -1, result.due_ms

@@ -247,3 +247,23 @@ def test_touch_after_an_unfired_deadline_starts_a_new_cycle(
         [("door", 3), ("door", 4), ("all", [1, 2, 3]), ("all", [4])], key=repr
     )
     wait_until(lambda: app.pending_count() == 0)
+
+
+def test_restart_keeps_the_duration_of_a_timer_long_overdue(app: Delayq) -> None:
+    """No worker: the deadline passes and the shadow key (which holds the armed duration)
+    expires a grace later. pause/resume/extend must not turn the duration into their own
+    argument, and restart() must still re-arm the original duration."""
+
+    @app.task
+    def job(tag: str) -> None: ...
+
+    first = job.schedule("a", delay=0.2, id="overdue-a")
+    second = job.schedule("b", delay=0.2, id="overdue-b")
+    wait_until(lambda: app.store.server_time_ms() > first.due_ms + 1300, timeout=10)
+    assert not app.store.client.exists(app.keys.shadow(first.id))
+    assert first.pause() and first.resume() and first.restart()
+    assert second.extend(0.05) and second.restart()
+    for timer in (first, second):
+        left = timer.remaining()
+        # The estimate (deadline minus the payload's creation) is the duration within a few ms.
+        assert left is not None and 0.1 < left.total_seconds() < 0.3, (timer.id, left)

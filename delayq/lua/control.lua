@@ -9,12 +9,16 @@
 -- ARGV[2]  operation:
 --            "delay"   ARGV[3] = ms from now       (reschedule(delay=); duration becomes it)
 --            "at"      ARGV[3] = unix time in ms   (reschedule(at=))
---            "restart" ARGV[3] = fallback duration (the armed duration again, from now)
+--            "restart" (the armed duration again, from now)
 --            "extend"  ARGV[3] = ms to add (may be negative: never before now)
 --            "pause"   (keeps the time left; the timer cannot fire while paused)
 --            "resume"  (the time left when paused, from now)
 -- ARGV[3]  milliseconds, as above
 -- ARGV[4]  wake channel
+-- ARGV[5]  the caller's estimate of the armed duration, ms: used only when the shadow key is
+--          gone (it expires a grace after the deadline, so a timer overdue by more, with no
+--          worker to fire it, has lost it), so that "restart" still has a duration and "pause"
+--          and "extend" carry a plausible one forward instead of their own argument
 --
 -- Returns {status, due_ms, now_ms}
 --   status  1: done (due_ms is the new deadline; for "pause", the time left in ms)
@@ -56,7 +60,7 @@ if paused then
 end
 
 if op == 'resume' then return {-2, tonumber(score), now} end
-local duration = tonumber(redis.call('GET', KEYS[1]) or ms)
+local duration = tonumber(redis.call('GET', KEYS[1]) or ARGV[5])
 if op == 'delay' then
   return arm(now + ms, ms)
 elseif op == 'at' then
