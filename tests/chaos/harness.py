@@ -267,7 +267,8 @@ class Chaos:
         for r in self.runs():
             by_tag[r.kind, r.tag].append(r)
         for tag in self.delayed_due:
-            self.account_firings(tag, by_tag.pop(("delayed", tag), []), cycles=1)
+            firsts = self.account_firings(tag, by_tag.pop(("delayed", tag), []), cycles=1)
+            ledger.duplicates += max(0, len(firsts) - 1)
         for key, touches in self.touches.items():
             self.account_debounced(key, touches, by_tag.pop(("debounced", key), []))
         ticks = {tag: runs for (kind, tag), runs in by_tag.items() if kind == "periodic"}
@@ -297,8 +298,6 @@ class Chaos:
         ledger.lateness_ms += [r.fired_ms - r.due_ms for r in firsts]
         if not runs:
             ledger.lost += cycles
-        elif cycles == 1:
-            ledger.duplicates += len(firsts) - 1
         return firsts
 
     def account_debounced(

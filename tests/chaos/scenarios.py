@@ -136,6 +136,7 @@ def eight_workers(workdir: Path, full: bool) -> Ledger:
             wait_ready(proc)
         rng = random.Random(3)
         chaos.schedule_many({f"e{i}": 1.0 + rng.random() for i in range(count)})
+        chaos.ledger.faults.append(f"8 workers, {count:,} timers due in 1 s")
         ledger = chaos.settle()
         pids = {r.pid for r in chaos.runs()}
         ledger.figures.append(f"jobs ran in {len(pids)} processes")
@@ -151,6 +152,7 @@ def clock_skew(workdir: Path, full: bool) -> Ledger:
         chaos.start_worker(env={"CHAOS_CLOCK_SKEW": "-300"})
         with chaos.traffic(rate=100):
             time.sleep(seconds)
+        chaos.ledger.faults.append("clocks +300 s and -300 s")
         ledger = chaos.settle()
         ledger.check(ledger.worst_ms() < 1000, f"{ledger.worst_ms()} ms late with skewed clocks")
         return ledger
@@ -167,6 +169,7 @@ def hanging_job(workdir: Path, full: bool) -> Ledger:
             for i in range(hangs):
                 chaos.tasks.hang.schedule(f"h{i}", delay=0.1)
                 time.sleep(seconds / hangs)
+        chaos.ledger.faults.append(f"{hangs} jobs that never return, 4 slots")
         ledger = chaos.settle()
         dead = chaos.producer.dead_letters()
         timed_out = [d for d in dead if d.task == "chaos.hang" and "JobTimeout" in d.reason]
@@ -191,6 +194,7 @@ def memory_full(workdir: Path, full: bool) -> Ledger:
             while time.monotonic() - began < seconds:
                 peak = max(peak, int(chaos.client.info("memory")["used_memory"]))
                 time.sleep(0.2)
+        chaos.ledger.faults.append("maxmemory 12 MB, 4 KB payloads")
         ledger = chaos.settle()
         ledger.figures.append(
             f"{chaos.refused_full} calls refused when full, peak {peak / 2**20:.1f} MB of 12"
@@ -214,6 +218,7 @@ def soak(workdir: Path, full: bool) -> Ledger:
                 rss = sum(rss_kb(w.pid) for w in workers if w.pid is not None)
                 samples.append((elapsed, rss, used_memory(chaos.client)))
                 time.sleep(0.5)
+        chaos.ledger.faults.append(f"{seconds:.0f} s of mixed traffic, memory sampled")
         left = chaos.drain()
         server_after = used_memory(chaos.client)
         rss_after = sum(rss_kb(w.pid) for w in workers if w.pid is not None)
