@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from delayq import Delayq, EmbeddedServer, PayloadError
-from delayq._codec import decode_payload, decode_touches
+from delayq._codec import decode_payload, decode_touches, encode_payload
 from tests.conftest import WorkerThread, wait_until
 
 msgpack_values = st.recursive(
@@ -221,6 +221,36 @@ def test_hostile_payloads_are_dead_lettered_and_never_run(
     for name, _raw, reason in HOSTILE_PAYLOADS:
         got = reasons[f"hostile:{name}"]
         assert got.startswith("undecodable payload: ") and re.search(reason, got), (name, got)
+
+
+def test_odd_entries_in_the_ready_stream_never_stop_a_worker(
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    """Entries written into the ready stream by something else: a garbled deadline, no fields
+    delayq knows, an unknown task. Each is run or dead-lettered; the entries around them are
+    read and run, and the worker keeps firing."""
+    ran: list[str] = []
+
+    @app.task(name=VICTIM, retries=0)
+    def victim(tag: str) -> None:
+        ran.append(tag)
+
+    start_worker(app)
+    good = encode_payload(VICTIM, ("good",), {}, attempt=0, created_ms=0, max_bytes=1 << 20)
+    odd = encode_payload(VICTIM, ("odd-due",), {}, attempt=0, created_ms=0, max_bytes=1 << 20)
+    for fields in (
+        {"i": "x1", "p": odd, "d": "soon"},
+        {"i": "x2", "p": odd.replace(b"odd-due", b"nan-due"), "d": "nan"},
+        {"i": "x3", "p": odd.replace(b"odd-due", b"inf-due"), "d": "1e999"},
+        {"zz": "no field delayq knows"},
+        {"i": "x4", "p": good},
+    ):
+        rclient.xadd(app.keys.ready, fields)  # type: ignore[arg-type]
+    wait_until(lambda: len(ran) == 4 and len(app.dead_letters()) == 1, timeout=15)
+    assert sorted(ran) == ["good", "inf-due", "nan-due", "odd-due"]
+    assert app.dead_letters()[0].reason.startswith("undecodable payload")
+    victim.schedule("after", delay=0.05)
+    wait_until(lambda: "after" in ran, timeout=10)
 
 
 HOSTILE_TOUCHES: list[tuple[str, list[bytes], str]] = [

@@ -41,15 +41,23 @@ class FireResult:
 
 
 def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
-    due = fields.get(b"d", b"0")
     return Delivery(
         entry_id=entry_id.decode(),
         timer_id=fields.get(b"i", b"").decode("utf-8", "replace"),
         raw=fields.get(b"p", b""),
-        due_ms=int(float(due)) if due else 0,
+        due_ms=_due_ms(fields.get(b"d")),
         items=fields.get(b"a"),
         watched_data=fields.get(b"w"),
     )
+
+
+def _due_ms(raw: bytes | None) -> int:
+    """An entry's deadline; 0 when it is missing or garbled (an entry written by something
+    else), so that one odd entry never stops a worker from reading those around it."""
+    try:
+        return int(float(raw)) if raw else 0
+    except (ValueError, OverflowError):
+        return 0
 
 
 class Engine:
