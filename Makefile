@@ -31,7 +31,7 @@ test: $(STAMP)
 
 # The fault-injection scenarios at full scale, with their ledger (make test runs them bounded).
 chaos: $(STAMP)
-	$(BIN)/python -m tests.chaos --full
+	$(BIN)/python benchmarks/bench_chaos.py
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
