@@ -204,24 +204,25 @@ class Executor:
         self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], job: JobContext
     ) -> None:
         limit = task.options.timeout
+        # Each delivery runs in a task of its own (admit_outcome), so the job bound here is seen
+        # by a coroutine awaited in it, or by the task wait_for makes for a timeout (a copy of
+        # this context), and by nothing else.
         token = bind_job(job)
         try:
             if task.is_async:
-                # A task made now copies the context, with the job bound in it.
-                run: Awaitable[Any] = asyncio.ensure_future(task.call_async(args, kwargs))
+                run: Awaitable[Any] = task.call_async(args, kwargs)
             else:
                 # Threads do not inherit context variables: hand this one over explicitly.
                 context = contextvars.copy_context()
                 call = functools.partial(context.run, task.call_sync, args, kwargs)
                 run = asyncio.get_running_loop().run_in_executor(self.pool, call)
-        finally:
-            unbind_job(token)
-        try:
             await asyncio.wait_for(run, limit)
         except TimeoutError:
             if not task.is_async:
                 self._replace_pool()
             raise JobTimeout(f"ran longer than its timeout of {limit} s") from None
+        finally:
+            unbind_job(token)
 
     def _replace_pool(self) -> None:
         """A thread cannot be stopped: leave the hung one to its old pool and give the
