@@ -45,39 +45,31 @@ def check_user_timer_id(timer_id: str) -> str:
 
 
 def check_timer_id(timer_id: str) -> str:
-    if not isinstance(timer_id, str):
-        raise InvalidTimerId(f"timer id must be a str, not {type(timer_id).__name__}")
-    if not timer_id:
-        raise InvalidTimerId("timer id must not be empty")
-    size = len(timer_id.encode("utf-8", "surrogatepass"))
-    if size > MAX_ID_BYTES:
-        raise InvalidTimerId(
-            f"timer id {timer_id[:40]!r}... is {size} bytes in UTF-8, longer than the limit of "
-            f"{MAX_ID_BYTES} bytes"
-        )
-    try:
-        timer_id.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidTimerId(f"timer id is not valid unicode: {exc}") from None
-    return timer_id
+    return _check_name(timer_id, "timer id", MAX_ID_BYTES, InvalidTimerId)
 
 
 def check_task_name(name: object) -> str:
     """A task name: a non-empty str of valid Unicode, at most MAX_TASK_NAME_BYTES in UTF-8."""
-    if not isinstance(name, str):
-        raise ConfigurationError(f"a task name must be a str, not {type(name).__name__}")
-    if not name:
-        raise ConfigurationError("a task name must not be empty")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ConfigurationError(f"task name {name[:40]!r} is not valid unicode: {exc}") from None
-    if size > MAX_TASK_NAME_BYTES:
-        raise ConfigurationError(
-            f"task name {name[:40]!r}... is {size} bytes in UTF-8, longer than the limit of "
-            f"{MAX_TASK_NAME_BYTES} bytes"
+    return _check_name(name, "task name", MAX_TASK_NAME_BYTES, ConfigurationError)
+
+
+def _check_name(value: object, what: str, max_bytes: int, error: type[Exception]) -> str:
+    """A non-empty str of valid Unicode, at most ``max_bytes`` in UTF-8; else ``error``."""
+    if not isinstance(value, str):
+        raise error(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise error(f"{what} must not be empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise error(
+            f"{what} {value[:40]!r}... is {size} bytes in UTF-8, longer than the limit of "
+            f"{max_bytes} bytes"
         )
-    return name
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} {value[:40]!r} is not valid unicode: {exc}") from None
+    return value
 
 
 def matches_own_keys(pattern: str) -> bool:
