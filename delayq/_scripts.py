@@ -12,6 +12,7 @@ from redis.commands.core import AsyncScript, Script
 NAMES = (
     "schedule",
     "fire",
+    "due",
     "cancel",
     "touch",
     "control",

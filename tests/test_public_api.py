@@ -70,7 +70,7 @@ def test_lua_scripts_are_registered_and_share_the_grace() -> None:
         # Line 1 declares the script's flags: only scripts that add work are refused whole
         # when the server's memory is full; the rest must run there so that workers drain it.
         shebang, _, text = text.partition("\n")
-        assert shebang in ("#!lua", "#!lua flags=allow-oom"), name
+        assert shebang in ("#!lua", "#!lua flags=allow-oom", "#!lua flags=no-writes"), name
         if shebang == "#!lua":
             refused_when_full.add(name)
         assert text.startswith(f"-- {name}.lua:"), f"{name}.lua must open with its header"

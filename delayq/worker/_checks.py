@@ -102,7 +102,7 @@ async def _probe_events(client: AsyncClient, keys: Keys, *, keyspace: bool) -> b
             missing.discard((event, channel))
         return not missing
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 def _db(client: AsyncClient) -> int:

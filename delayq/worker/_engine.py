@@ -40,6 +40,13 @@ class FireResult:
     orphans: int
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    now_ms: int  # the server's clock when the index was read
+    first_ms: int | None  # the earliest deadline in the index
+    ids: list[str]  # due by now_ms, oldest first
+
+
 def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
     return Delivery(
         entry_id=entry_id.decode(),
@@ -77,13 +84,11 @@ class Engine:
 
     # -- firing -------------------------------------------------------------------------------
 
-    async def due_ids(self, until_ms: float, limit: int) -> tuple[list[str], int | None]:
-        """Ids due by ``until_ms`` (oldest first) and the earliest deadline in the index."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(self.keys.index, "-inf", int(until_ms), start=0, num=limit)
-            pipe.zrange(self.keys.index, 0, 0, withscores=True)
-            ids, first = await pipe.execute()
-            return [i.decode() for i in ids], (int(first[0][1]) if first else None)
+    async def due(self, index: str, limit: int) -> Due:
+        """The ids of ``index`` due by the server's clock (oldest first), with that clock."""
+        reply: list[Any] = await self.scripts["due"](keys=[index], args=[limit])
+        first = int(reply[1])
+        return Due(int(reply[0]), None if first < 0 else first, [i.decode() for i in reply[2:]])
 
     async def fire(self, ids: list[str]) -> FireResult:
         k = self.keys
@@ -283,5 +288,5 @@ class Engine:
         await self.client.xgroup_delconsumer(self.keys.ready, GROUP, name)
 
 
-def local_ms() -> float:
-    return time.time() * 1000
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000

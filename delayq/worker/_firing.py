@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from delayq._watch import WatchTarget, is_watch_id
-from delayq.worker._engine import Engine, FireResult, local_ms
+from delayq.worker._engine import Engine, FireResult, monotonic_ms
 from delayq.worker._loops import wait_any
 
 log = logging.getLogger("delayq.worker")
@@ -38,23 +38,23 @@ class Firing:
         self.wake = asyncio.Event()
         self.hinted: set[str] = set()
         self.hint_ready = asyncio.Event()
-        self.offset_ms = 0.0  # server clock minus local clock
+        # The server's clock minus this process's monotonic clock, refreshed by every read of
+        # the index. Only sleeps are timed with it: what is due is decided by the server's own
+        # clock (due.lua), and a monotonic clock does not jump when the wall clock is stepped.
+        self.offset_ms = 0.0
         self.fired = 0
         self.orphans = 0
 
     def server_now_ms(self) -> float:
-        return local_ms() + self.offset_ms
+        return monotonic_ms() + self.offset_ms
 
-    async def sync_clock(self) -> None:
-        before = local_ms()
-        server = await self.engine.server_time_ms()
-        # The server read its clock about half-way through the round trip.
-        self.offset_ms = server - (before + local_ms()) / 2
+    def _clock(self, server_ms: int) -> None:
+        # Read inside a script, before the reply travelled back: a slightly late estimate only
+        # ever makes the loop wake a fraction of a ms later.
+        self.offset_ms = server_ms - monotonic_ms()
 
     def _account(self, result: FireResult) -> None:
-        # The server's clock was read inside the script, before the reply travelled back; a
-        # slightly late estimate only ever makes the loop fire a fraction of a ms later.
-        self.offset_ms = result.now_ms - local_ms()
+        self._clock(result.now_ms)
         self.fired += result.fired
         self.orphans += result.orphans
         if result.orphans:
@@ -64,12 +64,13 @@ class Firing:
         """Claim everything due now; returns (fired, earliest remaining deadline)."""
         fired = 0
         while True:
-            ids, first = await self.engine.due_ids(self.server_now_ms(), self.batch)
-            if not ids:
-                return fired, first
-            result = await self.fire(ids)
+            due = await self.engine.due(self.engine.keys.index, self.batch)
+            self._clock(due.now_ms)
+            if not due.ids:
+                return fired, due.first_ms
+            result = await self.fire(due.ids)
             fired += result.fired
-            if len(ids) < self.batch or result.fired == 0:
+            if len(due.ids) < self.batch or result.fired == 0:
                 return fired, result.next_due_ms
 
     async def fire(self, ids: list[str]) -> FireResult:

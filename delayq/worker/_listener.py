@@ -69,7 +69,7 @@ class Listener:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("notification listener lost its connection: %s", exc)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             if await wait_or_stop(self.stopping, backoff):
                 return
             backoff = min(backoff * 2, 2.0)

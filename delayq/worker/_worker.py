@@ -129,7 +129,6 @@ class Worker:
         watching = Watching(app, engine, batch=settings.fire_batch, stopping=stopping)
         firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping,
                                        resolve_watch=watching.resolve)  # fmt: skip
-        await firing.sync_clock()
         periodics = PeriodicRunner(
             app, engine, lock_ttl_ms=round(settings.visibility_timeout * 2000)
         )
