@@ -267,3 +267,69 @@ def test_restart_keeps_the_duration_of_a_timer_long_overdue(app: Delayq) -> None
         left = timer.remaining()
         # The estimate (deadline minus the payload's creation) is the duration within a few ms.
         assert left is not None and 0.1 < left.total_seconds() < 0.3, (timer.id, left)
+
+
+def test_max_wait_holds_for_a_cycle_waiting_for_its_retry(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """A failed cycle's retry is pending under the key, and touches join it: max_wait must cap
+    it from the first touch that joined, as it caps a fresh cycle."""
+    runs: list[float] = []
+
+    @app.debounced(seconds=1.0, key="flaky", max_wait=2.0, retries=1, retry_backoff=0.2)
+    def flaky(n: int) -> None:
+        runs.append(time.time())
+        if len(runs) == 1:
+            raise RuntimeError("first attempt fails")
+
+    start_worker(app)
+    flaky.touch(0)
+    wait_until(lambda: runs, timeout=10)
+    joined = time.time()
+    n = 1
+    while time.time() - joined < 5.0 and len(runs) < 2:
+        flaky.touch(n)  # never quiet for the 1 s window
+        n += 1
+        time.sleep(0.1)
+    wait_until(lambda: len(runs) >= 2, timeout=10)
+    assert runs[1] - joined <= 2.8, f"the retry cycle ran {runs[1] - joined:.2f} s after joining"
+
+
+def test_max_wait_added_to_a_task_with_a_pending_cycle(app: Delayq) -> None:
+    """A cycle armed before the task had max_wait is capped from the next touch on."""
+    other = Delayq(app.url, namespace=app.namespace)
+
+    @app.debounced(seconds=10, key="k", name="capped")
+    def before(n: int) -> None: ...
+
+    @other.debounced(seconds=1, key="k", name="capped", max_wait=1.5)
+    def after(n: int) -> None: ...
+
+    before.touch(1)
+    joined_ms = after.touch(2).due_ms - 1000  # the server's clock at that touch
+    time.sleep(0.8)
+    assert after.touch(3).due_ms <= joined_ms + 1500 + 5  # not 1 s after this touch
+    other.close()
+
+
+def test_touch_heals_an_index_entry_without_data(
+    app: Delayq, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """Leftovers of a failure (an index entry whose data is gone, overdue or not, and its
+    touches list) never make a touch fail, and the touch's cycle fires with its own payload."""
+    runs: list[Any] = []
+
+    @app.debounced(seconds=0.2, key="{name}", payload="first")
+    def first(name: str, n: int) -> None:
+        runs.append((name, n))
+
+    client = app.store.client
+    now = app.store.server_time_ms()
+    client.zadd(app.keys.index, {"overdue": now - 5000, "future": now + 60_000})
+    client.rpush(app.keys.items("overdue"), b"leftover")
+    assert first.touch("overdue", 1).created and first.touch("future", 2).created
+    assert not client.exists(app.keys.items("overdue"))
+    start_worker(app)
+    wait_until(lambda: len(runs) == 2, timeout=10)
+    assert sorted(runs) == [("future", 2), ("overdue", 1)]
+    wait_until(lambda: app.pending_count() == 0)

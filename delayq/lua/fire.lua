@@ -44,6 +44,7 @@ for i = 1, #ARGV do
       end
       fired = fired + 1
     else
+      redis.call('DEL', list)  -- the touches of a cycle whose data was lost
       orphans = orphans + 1
     end
   end

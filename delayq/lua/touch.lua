@@ -40,7 +40,14 @@ local id, mode = ARGV[1], ARGV[4]
 local window, max_wait = tonumber(ARGV[3]), tonumber(ARGV[6])
 
 local score = redis.call('ZSCORE', KEYS[4], id)
-if score and tonumber(score) <= now then
+if score and redis.call('EXISTS', KEYS[2]) == 0 then
+  -- An index entry without data (left by a failure): nothing to fire, so it is no cycle. It
+  -- must never make a touch fail, nor hold the touch in a cycle that would fire nothing.
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('DEL', KEYS[3])
+  redis.call('HDEL', KEYS[5], id)
+  score = false
+elseif score and tonumber(score) <= now then
   redis.call('RENAME', KEYS[2], KEYS[7])
   if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('RENAME', KEYS[3], KEYS[8]) end
   redis.call('ZREM', KEYS[4], id)
@@ -54,7 +61,13 @@ local due = now + window
 local items = 0
 if pending then
   if max_wait > 0 then
-    local first = tonumber(redis.call('HGET', KEYS[5], id) or now)
+    -- A pending timer armed by something other than a first touch (a retry of the cycle, or
+    -- a cycle older than the task's max_wait) has no first touch yet: this one is it.
+    local first = tonumber(redis.call('HGET', KEYS[5], id) or '')
+    if not first then
+      first = now
+      redis.call('HSET', KEYS[5], id, now)
+    end
     if due > first + max_wait then due = first + max_wait end
   end
   if mode == 'last' then redis.call('SET', KEYS[2], ARGV[2]) end
