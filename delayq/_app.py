@@ -406,6 +406,7 @@ class Delayq:
         timer = Timer(
             self, armed.timer_id, due_ms=armed.due_ms, raw_payload=armed.payload,
             created=armed.created,
+            duration_ms=max(0, armed.due_ms - armed.now_ms) if armed.created else None,
         )  # fmt: skip
         if armed.due_ms < 0:  # the id is taken by a paused timer
             timer.paused_left_ms = self.store.lookup(armed.timer_id).paused_left_ms
@@ -434,7 +435,7 @@ class Delayq:
 
     def _touched(self, request: TouchRequest, touched: Touched) -> Timer:
         return Timer(self, request.timer_id, due_ms=touched.due_ms, raw_payload=request.payload,
-                     created=touched.new_cycle == 1)  # fmt: skip
+                     created=touched.new_cycle == 1, duration_ms=request.window_ms)  # fmt: skip
 
     def timer(self, timer_id: str) -> Timer | None:
         """The pending timer with this id, or None (never existed, cancelled or fired)."""
@@ -444,11 +445,12 @@ class Delayq:
             return None
         if found.paused_left_ms is not None:
             return Timer(self, timer_id, due_ms=-1, raw_payload=found.raw_payload,
-                         created=False, paused_left_ms=found.paused_left_ms)  # fmt: skip
+                         created=False, paused_left_ms=found.paused_left_ms,
+                         duration_ms=found.duration_ms)  # fmt: skip
         if found.due_ms is None:
             return None  # a data key without an index entry: the sweeper will repair it
         return Timer(self, timer_id, due_ms=found.due_ms, raw_payload=found.raw_payload,
-                     created=False)  # fmt: skip
+                     created=False, duration_ms=found.duration_ms)  # fmt: skip
 
     def cancel(self, timer_id: str) -> bool:
         return self.store.cancel(check_timer_id(timer_id))
@@ -473,6 +475,11 @@ class Delayq:
             if task is None or try_decode_task(found.raw_payload) == task:
                 timers.append(timer)
         return timers
+
+    def debounce_window_ms(self, task_name: str) -> int | None:
+        """The window of a debounced task of this app, or None."""
+        task = self.tasks.get(task_name)
+        return task.debounce.window_ms if isinstance(task, Debounced) else None
 
     def pending_count(self) -> int:
         return int(self.store.client.zcard(self.keys.index))

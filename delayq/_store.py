@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class Lookup:
     raw_payload: bytes | None
     paused_left_ms: int | None
     now_ms: int
+    duration_ms: int | None = None  # the armed duration (the shadow key's value), if known
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ class TimerStore:
         # store, then counted, which is cheaper than random bytes for every touch.
         self._nonce_prefix = secrets.token_hex(6)
         self._nonces = itertools.count()
+        self._offset_ms = 0.0
 
     def _schedule_args(self, req: ScheduleRequest) -> tuple[list[str], list[Any]]:
         k = self.keys
@@ -234,11 +237,25 @@ class TimerStore:
         pipe.zscore(self.keys.index, timer_id)
         pipe.get(self.keys.data(timer_id))
         pipe.hget(self.keys.paused, timer_id)
+        pipe.get(self.keys.shadow(timer_id))
         pipe.time()
-        score, raw, paused, (sec, usec) = pipe.execute()
-        left = None if paused is None else int(paused.split(b":", 1)[0])
+        local_ms = time.time() * 1000
+        score, raw, paused, shadow, (sec, usec) = pipe.execute()
+        now_ms = sec * 1000 + usec // 1000
+        self._offset_ms = now_ms - (local_ms + time.time() * 1000) / 2
+        if paused is None:
+            left = duration = None
+        else:
+            left_raw, _, duration_raw = paused.partition(b":")
+            left, duration = int(left_raw), int(duration_raw or 0)
+        if shadow is not None:
+            duration = int(shadow)
         due = None if score is None else int(score)
-        return Lookup(due, raw, left, sec * 1000 + usec // 1000)
+        return Lookup(due, raw, left, now_ms, duration)
+
+    def clock_offset_ms(self) -> float:
+        """The server's clock minus this process's, as of the last lookup (0 before any)."""
+        return self._offset_ms
 
     def pending(self, *, limit: int, due_before_ms: int | None = None) -> list[Listed]:
         """Pending timers, earliest first, then paused ones; payloads fetched in one trip."""

@@ -22,7 +22,8 @@ class Timer:
     first. Each change is one atomic script.
     """
 
-    __slots__ = ("_app", "_payload", "_raw", "created", "due_ms", "id", "paused_left_ms")
+    __slots__ = ("_app", "_payload", "_raw", "created", "due_ms", "duration_ms", "id",
+                 "paused_left_ms")  # fmt: skip
 
     def __init__(
         self,
@@ -33,8 +34,11 @@ class Timer:
         raw_payload: bytes,
         created: bool,
         paused_left_ms: int | None = None,
+        duration_ms: int | None = None,
     ) -> None:
         self._app = app
+        # The armed duration by the server's clock, when a reply told it (see _duration).
+        self.duration_ms = duration_ms
         self.id = timer_id
         self.due_ms = due_ms  # -1 while paused
         self.paused_left_ms = paused_left_ms
@@ -70,6 +74,8 @@ class Timer:
     def remaining(self) -> dt.timedelta | None:
         """Time left by the server's clock (kept while paused); None once not pending."""
         found = self._app.store.lookup(self.id)
+        if found.duration_ms is not None:
+            self.duration_ms = found.duration_ms
         if found.paused_left_ms is not None:
             self.due_ms, self.paused_left_ms = -1, found.paused_left_ms
             return dt.timedelta(milliseconds=found.paused_left_ms)
@@ -88,6 +94,8 @@ class Timer:
                 self.due_ms, self.paused_left_ms = -1, result.due_ms
             else:
                 self.due_ms, self.paused_left_ms = result.due_ms, None
+            if operation in ("delay", "at"):
+                self.duration_ms = max(0, result.due_ms - result.now_ms)
         return result.status == 1
 
     def reschedule(self, *, delay: Delay | None = None, at: dt.datetime | None = None) -> bool:
@@ -102,9 +110,21 @@ class Timer:
         return self._apply("restart")
 
     def _duration(self) -> int:
-        """The armed duration as far as this handle can tell: the server keeps the true one
-        (in the shadow key) and uses this only if that key is gone (see control.lua)."""
-        return max(0, self.due_ms - self.payload.created_ms) if self.due_ms > 0 else 0
+        """The armed duration as far as this handle can tell. The server keeps the true one (in
+        the shadow key) and uses this only if that key is gone (see control.lua), so it comes
+        from the server's replies when one told it, never from two machines' clocks mixed."""
+        if self.duration_ms is not None:
+            return self.duration_ms
+        window = self._app.debounce_window_ms(self.payload.task)
+        if window is not None:
+            return window  # what a touch arms, whatever the cycle's age
+        if self.due_ms <= 0:
+            return 0
+        # Last resort, a handle from a listing: the payload's creation time is the producer's
+        # clock, brought to the server's by this process's offset (exact when it is the
+        # producer, or its clock agrees).
+        offset = self._app.store.clock_offset_ms()
+        return max(0, round(self.due_ms - self.payload.created_ms - offset))
 
     def extend(self, by: Delay) -> bool:
         """Push the deadline later by ``by`` (seconds or timedelta)."""

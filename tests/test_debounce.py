@@ -333,3 +333,31 @@ def test_touch_heals_an_index_entry_without_data(
     wait_until(lambda: len(runs) == 2, timeout=10)
     assert sorted(runs) == [("future", 2), ("overdue", 1)]
     wait_until(lambda: app.pending_count() == 0)
+
+
+def test_restart_after_the_shadow_key_expired_uses_the_servers_clock_only(
+    app: Delayq, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer whose clock is 5 minutes behind: restart() of a timer long overdue (its
+    shadow key gone) re-arms the duration the server armed, not a span between two clocks.
+    Debounced timers re-arm their window, whatever the age of the cycle."""
+
+    @app.task
+    def job() -> None: ...
+
+    @app.debounced(seconds=0.3, key="d", payload="first")
+    def quiet(n: int) -> None: ...
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 300)
+    timer = job.schedule(delay=0.2)
+    cycle = quiet.touch(1)
+    time.sleep(0.2)
+    quiet.touch(2)  # joins the cycle: its first touch is older than the window
+    wait_until(lambda: app.store.server_time_ms() > cycle.due_ms + 1300, timeout=10)
+    assert not app.store.client.exists(app.keys.shadow(timer.id))
+    looked_up = app.timer(cycle.id)
+    assert timer.restart() and looked_up is not None and looked_up.restart()
+    for handle, duration in ((timer, 0.2), (looked_up, 0.3)):
+        left = handle.remaining()
+        assert left is not None and duration - 0.1 < left.total_seconds() <= duration, left
