@@ -33,6 +33,9 @@ R = TypeVar("R")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAX_PAYLOAD = 512 * 1024
+# Letters hold whole payloads (up to max_payload_bytes each) and tracebacks: bound the bytes
+# too, or 100,000 letters of 512 KiB would take tens of GB of the server's memory.
+DEFAULT_DEAD_LETTER_BYTES = 64 * 1024 * 1024
 
 
 class TaskRegistry:
@@ -97,6 +100,7 @@ class Delayq:
         namespace: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         dead_letter_maxlen: int = 100_000,
+        dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
         redis_options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url or os.environ.get("DELAYQ_URL") or DEFAULT_URL
@@ -109,6 +113,10 @@ class Delayq:
         if isinstance(dead_letter_maxlen, bool) or dead_letter_maxlen < 1:
             raise ConfigurationError("dead_letter_maxlen must be an integer >= 1")
         self.dead_letter_maxlen = dead_letter_maxlen
+        if isinstance(dead_letter_max_bytes, bool) or not isinstance(dead_letter_max_bytes, int) \
+                or dead_letter_max_bytes < 1:  # fmt: skip
+            raise ConfigurationError("dead_letter_max_bytes must be an integer >= 1")
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.redis_options = dict(redis_options or {})
         if self.redis_options.get("decode_responses"):
             raise ConfigurationError(

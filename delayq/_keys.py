@@ -172,6 +172,7 @@ class Keys:
 # notify-keyspace-events; without it the worker checks by experiment (CONFIG SET is optional).
 ACL_COMMANDS = (
     "ping", "time", "hello", "select", "client|setinfo", "client|setname", "config|get",
+    "memory|usage",
     "evalsha", "eval", "script|load", "multi", "exec", "discard",
     "get", "set", "del", "exists", "type", "pttl", "pexpire", "scan",
     "zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore", "zcard",

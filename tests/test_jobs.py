@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import redis
 
-from delayq import Delayq, JobContext, RetryPolicy, current_job
+from delayq import Delayq, EmbeddedServer, JobContext, RetryPolicy, current_job
 from delayq._codec import encode_payload
 from tests.conftest import WorkerThread, wait_until
 
@@ -89,6 +89,28 @@ def test_dead_letter_retry_and_purge(
     assert app.purge_dead() == 1
     assert app.dead_letters() == []
     assert second.entry_id
+
+
+def test_dead_letters_are_bounded_by_bytes(
+    server: EmbeddedServer, namespace: str, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """Letters hold whole payloads: the stream keeps to about dead_letter_max_bytes, dropping
+    the oldest first, and always keeps the newest."""
+    app = Delayq(server.url, namespace=namespace, dead_letter_max_bytes=1_000_000)
+
+    @app.task(retries=0)
+    def bulky(n: int, blob: bytes) -> None:
+        raise RuntimeError("no")
+
+    start_worker(app)
+    app.schedule_many([bulky.prepare(n, b"x" * 100_000) for n in range(40)])
+    wait_until(lambda: app.stats().get("dead") == 40, timeout=20)
+    client = app.store.client
+    size = client.memory_usage(app.keys.dead, samples=0)
+    assert size is not None and size < 1_300_000, size
+    letters = app.dead_letters(count=100)
+    assert 5 <= len(letters) <= 12, len(letters)
+    app.close()
 
 
 def first_arg(letter: object) -> int:

@@ -15,8 +15,10 @@ import redis.asyncio as aredis
 
 from delayq import Delayq, EmbeddedServer, InvalidTimerId, PayloadError, ScheduleError, Task
 from delayq._keys import GROUP
-from delayq.worker._engine import Engine
+from delayq.worker._engine import DeadLetterBound, Engine
 from tests.conftest import WorkerThread, wait_until
+
+BOUND = DeadLetterBound(maxlen=10, max_bytes=1 << 20)
 
 
 def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) -> None:
@@ -34,11 +36,11 @@ def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) 
         (delivery,) = await first.read(10, 100)
         taken = await second.reclaim(0, 10)  # the second worker takes it over
         assert [d.entry_id for d in taken] == [delivery.entry_id]
-        assert await first.bury(delivery, task="", reason="x", traceback="", maxlen=10) is None
+        assert await first.bury(delivery, task="", reason="x", traceback="", bound=BOUND) is None
         assert await first.retry(delivery, delivery.raw, 1.0) is None
         assert await first.handback(delivery) is False
         assert await first.heartbeat([delivery.entry_id]) == [delivery.entry_id]  # lost
-        assert await second.bury(delivery, task="", reason="x", traceback="", maxlen=10)
+        assert await second.bury(delivery, task="", reason="x", traceback="", bound=BOUND)
         await client.aclose()
 
     asyncio.run(scenario())
@@ -121,6 +123,8 @@ def test_bad_app_settings() -> None:
         Delayq("redis://127.0.0.1:1/0", redis_options={"decode_responses": True})
     with pytest.raises(ConfigurationError, match="dead_letter_maxlen"):
         Delayq("redis://127.0.0.1:1/0", dead_letter_maxlen=-5)
+    with pytest.raises(ConfigurationError, match="dead_letter_max_bytes"):
+        Delayq("redis://127.0.0.1:1/0", dead_letter_max_bytes=0)
     with pytest.raises(ConfigurationError, match="shutdown_timeout"):
         WorkerSettings(shutdown_timeout=float("nan"))
     with pytest.raises(ConfigurationError, match="concurrency"):

@@ -15,6 +15,8 @@
 -- ARGV[8]  approximate maximum length of the dead-letter stream
 -- ARGV[9]  touches of a debounced timer (payload="all"), "" if none
 -- ARGV[10] consumer name of the worker settling the delivery
+-- ARGV[11] approximate maximum size of the dead-letter stream, bytes: the oldest letters go
+--          first (the newest is always kept, however big)
 --
 -- Returns the dead-letter entry id, or false when this delivery no longer holds the entry.
 local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
@@ -23,5 +25,17 @@ if not owner[1] or owner[1][2] ~= ARGV[10] or redis.call('XACK', KEYS[1], ARGV[1
 end
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
+local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
   'i', ARGV[3], 'p', ARGV[4], 't', ARGV[5], 'r', ARGV[6], 'tb', ARGV[7], 'a', ARGV[9])
+-- MEMORY USAGE estimates from a few sampled nodes: cheap, and close enough for a bound. At
+-- most 100 letters go per call, so that a lowered bound is reached over a few calls rather
+-- than in one long script.
+local max_bytes = tonumber(ARGV[11])
+for _ = 1, 100 do
+  if redis.call('XLEN', KEYS[2]) <= 1 or redis.call('MEMORY', 'USAGE', KEYS[2]) <= max_bytes then
+    break
+  end
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  redis.call('XDEL', KEYS[2], oldest[1][1])
+end
+return entry

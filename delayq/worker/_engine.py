@@ -41,6 +41,14 @@ class FireResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterBound:
+    """How large the dead-letter stream may grow: entries, and bytes (approximately)."""
+
+    maxlen: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Due:
     now_ms: int  # the server's clock when the index was read
     first_ms: int | None  # the earliest deadline in the index
@@ -234,12 +242,15 @@ class Engine:
         return None if int(due) < 0 else int(due)
 
     async def bury(
-        self, d: Delivery, *, task: str, reason: str, traceback: str, maxlen: int
-    ) -> str | None:
+        self, d: Delivery, *, task: str, reason: str, traceback: str, bound: DeadLetterBound,
+        payload: bytes | None = None,
+    ) -> str | None:  # fmt: skip
+        """Move a delivery to the dead letters (with ``payload`` instead of its own, if given)."""
         k = self.keys
         keys = [k.ready, k.dead, k.stats]
-        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, task, reason, traceback, maxlen,
-                           d.items or b"", self.consumer]  # fmt: skip
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw if payload is None else payload,
+                           task, reason, traceback, bound.maxlen, d.items or b"", self.consumer,
+                           bound.max_bytes]  # fmt: skip
         entry = await self.scripts["bury"](keys=keys, args=args)
         return entry.decode() if entry else None
 

@@ -23,7 +23,7 @@ from delayq._errors import JobTimeout, PayloadError
 from delayq._periodic import Periodic
 from delayq._task import Task
 from delayq._watch import Watcher
-from delayq.worker._engine import Delivery, Engine
+from delayq.worker._engine import DeadLetterBound, Delivery, Engine
 from delayq.worker._loops import wait_any
 from delayq.worker._periodics import PeriodicRunner
 from delayq.worker._settings import WorkerSettings
@@ -57,7 +57,7 @@ class Executor:
         find_task: Callable[[str], Task[Any, Any] | None],
         *,
         max_payload_bytes: int,
-        dead_letter_maxlen: int,
+        dead_letters: DeadLetterBound,
         stopping: asyncio.Event,
         periodic: PeriodicRunner | None = None,
     ) -> None:
@@ -66,7 +66,7 @@ class Executor:
         self.settings = settings
         self.find_task = find_task
         self.max_payload_bytes = max_payload_bytes
-        self.dead_letter_maxlen = dead_letter_maxlen
+        self.dead_letters = dead_letters
         self.stopping = stopping
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="delayq-job")
         self.running: dict[str, Running] = {}
@@ -271,9 +271,7 @@ class Executor:
     async def _bury(self, d: Delivery, task: str, reason: str, tb: str) -> None:
         log.error("job %s moved to dead letters: %s", d.timer_id, reason)
         self.counters.dead += 1
-        await self.engine.bury(
-            d, task=task, reason=reason, traceback=tb, maxlen=self.dead_letter_maxlen
-        )
+        await self.engine.bury(d, task=task, reason=reason, traceback=tb, bound=self.dead_letters)
 
     async def _hand_back(self, d: Delivery) -> None:
         if await self.engine.handback(d):

@@ -28,7 +28,7 @@ from delayq._connection import redact_url
 from delayq._defaults import find_task
 from delayq._task import Task
 from delayq.worker._checks import _db, ensure_notifications, warn_on_eviction
-from delayq.worker._engine import AsyncClient, Engine
+from delayq.worker._engine import AsyncClient, DeadLetterBound, Engine
 from delayq.worker._executor import Counters, Executor
 from delayq.worker._firing import Firing
 from delayq.worker._listener import Listener
@@ -136,7 +136,7 @@ class Worker:
         executor = self._executor = Executor(
             engine, settings, self.find_task,
             max_payload_bytes=app.max_payload_bytes,
-            dead_letter_maxlen=app.dead_letter_maxlen,
+            dead_letters=DeadLetterBound(app.dead_letter_maxlen, app.dead_letter_max_bytes),
             stopping=stopping,
             periodic=periodics,
         )  # fmt: skip
