@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 import secrets
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +131,17 @@ def refused_when_full(what: str) -> Iterator[None]:
         raise out_of_memory(what) from exc
 
 
+_STORES: weakref.WeakSet[TimerStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._new_nonces()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class TimerStore:
     def __init__(self, client: Client, keys: Keys, *, max_payload_bytes: int) -> None:
         self.client = client
@@ -136,10 +149,15 @@ class TimerStore:
         self.max_payload_bytes = max_payload_bytes
         self.scripts = Scripts(client)
         # Unique names for the debounced cycles a touch may retire (see touch.lua): random per
-        # store, then counted, which is cheaper than random bytes for every touch.
+        # store, then counted, which is cheaper than random bytes for every touch. A forked
+        # child gets a prefix of its own, or parent and child would count out the same names.
+        self._new_nonces()
+        _STORES.add(self)
+        self._offset_ms = 0.0
+
+    def _new_nonces(self) -> None:
         self._nonce_prefix = secrets.token_hex(6)
         self._nonces = itertools.count()
-        self._offset_ms = 0.0
 
     def _schedule_args(self, req: ScheduleRequest) -> tuple[list[str], list[Any]]:
         k = self.keys

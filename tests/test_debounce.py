@@ -361,3 +361,30 @@ def test_restart_after_the_shadow_key_expired_uses_the_servers_clock_only(
     for handle, duration in ((timer, 0.2), (looked_up, 0.3)):
         left = handle.remaining()
         assert left is not None and duration - 0.1 < left.total_seconds() <= duration, left
+
+
+def test_a_forked_producer_names_retired_cycles_apart_from_its_parent(app: Delayq) -> None:
+    """Producers made before fork() (a pre-forking web server) must not count out the same
+    retired-cycle ids, or two overdue cycles retired in parent and child could collide."""
+    import os
+    import warnings
+
+    @app.debounced(seconds=1, key="k")
+    def note() -> None: ...
+
+    store = app.store
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12+ warns of fork() beside threads; the child execs none
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report its first id, and leave without running pytest's exit
+        try:
+            os.write(write, store._touch_args(note.prepare_touch())[1][-1].encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 1000).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent_id = store._touch_args(note.prepare_touch())[1][-1]
+    assert child_id.startswith("~c:") and child_id != parent_id
