@@ -26,6 +26,8 @@ NAMES = (
     "fire_watch",
     "forget",
     "periodic",
+    "tick_in_flight",
+    "record_run",
     "renew",
     "ensure_group",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import threading
@@ -12,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
-from delayq import ConfigurationError, Delayq, WorkerSettings
+from delayq import ConfigurationError, Delayq, WorkerSettings, current_job
 from delayq._periodic import PeriodicOptions
 from delayq._schedules import CronSchedule, EverySchedule
 from tests.conftest import WorkerThread, wait_until
@@ -316,6 +318,68 @@ def test_catch_up_all_runs_every_missed_tick(
     wait_until(lambda: len([r for r in runs if r > stopped]) >= 4, timeout=10)
     caught_up = [r for r in runs if r > stopped]
     assert caught_up[2] - caught_up[0] < 0.9, "missed ticks run one after another at once"
+
+
+def test_catch_up_all_with_slow_runs_skips_no_missed_tick(
+    app: Delayq, start_worker: Callable[..., WorkerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Runs longer than the sweeps' interval: while a catch-up run is in flight, a sweep must
+    not arm the next missed tick early (it would meet the overlap lock and be skipped, and the
+    skip would chain through every missed tick)."""
+    runs: list[int] = []
+
+    @app.periodic(every=dt.timedelta(seconds=1), catch_up="all")
+    def slow() -> None:
+        job = current_job()
+        assert job is not None
+        runs.append(job.due_ms)
+        time.sleep(0.6)
+
+    settings = WorkerSettings(visibility_timeout=3.0, sweep_interval=0.1, shutdown_timeout=5.0)
+    runner = start_worker(app, settings)
+    wait_until(lambda: runs, timeout=10)
+    runner.stop()
+    last = runs[-1]
+    time.sleep(4.5)  # downtime: four ticks are missed (not a correctness wait)
+    start_worker(app, settings)
+    wait_until(lambda: len([r for r in runs if r > last]) >= 6, timeout=20)
+    caught_up = [r for r in runs if r > last][:6]
+    assert caught_up == [last + 1000 * i for i in range(1, 7)], caught_up
+    assert "skipping a tick" not in caplog.text
+
+
+def test_replaced_or_removed_schedules_leave_nothing_behind(
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    """A paused tick replaced by a new schedule leaves no paused entry; a run ending after its
+    task was removed does not bring the task's state back."""
+
+    @app.periodic(every=dt.timedelta(seconds=60), name="report")
+    def report() -> None: ...
+
+    start_worker(app).stop()
+    (tick,) = app.timers()
+    assert tick.pause()
+    changed = Delayq(app.url, namespace=app.namespace)
+
+    @changed.periodic(every=dt.timedelta(seconds=120), name="report")
+    def report_v2() -> None: ...
+
+    start_worker(changed).stop()
+    assert not rclient.hexists(app.keys.paused, tick.id)
+    assert [t.id for t in app.timers()] != [tick.id]
+
+    async def run_ends_after_removal() -> None:
+        from delayq.worker._engine import Engine
+
+        client = aredis.Redis.from_url(app.url)
+        rclient.delete(app.keys.periodic_state("gone"))
+        await Engine(client, app.keys, "w").record_run("gone", 1000, 2000)
+        await client.aclose()
+
+    asyncio.run(run_ends_after_removal())
+    assert not rclient.exists(app.keys.periodic_state("gone"))
+    changed.close()
 
 
 def test_cancelled_tick_is_re_armed_by_the_sweeper(

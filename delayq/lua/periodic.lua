@@ -3,12 +3,14 @@
 -- that each tick instant is armed at most once, whatever workers race or restart.
 --
 -- KEYS[1]  state hash of the task: sig (schedule signature), armed (last tick armed, ms),
---          last_run (tick of the last run, ms), last_run_at (when it started, ms)
+--          armed_at (when it was armed, server ms), last_run (tick of the last run, ms),
+--          last_run_at (when it started, ms)
 -- KEYS[2]  shadow key of the new tick's timer
 -- KEYS[3]  data key of the new tick's timer
 -- KEYS[4]  due index
 -- KEYS[5]  shadow key of the tick to cancel ("" slot if none)
 -- KEYS[6]  data key of the tick to cancel
+-- KEYS[7]  paused hash (a paused tick to cancel leaves it too)
 -- ARGV[1]  expected sig ("" = no state yet)
 -- ARGV[2]  expected armed tick ("" = none)
 -- ARGV[3]  new sig ("" = the task is gone: cancel its tick and delete its state)
@@ -27,6 +29,7 @@ if sig ~= ARGV[1] or armed ~= ARGV[2] then return -1 end
 
 if ARGV[9] ~= '' then
   redis.call('ZREM', KEYS[4], ARGV[9])
+  redis.call('HDEL', KEYS[7], ARGV[9])
   redis.call('DEL', KEYS[5], KEYS[6])
 end
 if ARGV[3] == '' then
@@ -49,7 +52,7 @@ local head = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 redis.call('SET', KEYS[2], ttl, 'PX', ttl + GRACE)
 redis.call('SET', KEYS[3], ARGV[7])
 redis.call('ZADD', KEYS[4], due, ARGV[6])
-redis.call('HSET', KEYS[1], 'sig', ARGV[3], 'armed', ARGV[4])
+redis.call('HSET', KEYS[1], 'sig', ARGV[3], 'armed', ARGV[4], 'armed_at', now)
 if head[2] == nil or due < tonumber(head[2]) then
   redis.call('PUBLISH', ARGV[8], due)
 end

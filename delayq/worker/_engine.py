@@ -143,10 +143,24 @@ class Engine:
         """periodic.lua: arm a periodic task's next tick, compare-and-set on its state."""
         k = self.keys
         keys = [k.periodic_state(task), k.shadow(timer_id or "-"), k.data(timer_id or "-"),
-                k.index, k.shadow(cancel_id or "-"), k.data(cancel_id or "-")]  # fmt: skip
+                k.index, k.shadow(cancel_id or "-"), k.data(cancel_id or "-"),
+                k.paused]  # fmt: skip
         args: list[Any] = [sig, armed, new_sig, tick_ms, due_ms, timer_id, payload,
                            k.wake_channel, cancel_id or ""]  # fmt: skip
         return int(await self.scripts["periodic"](keys=keys, args=args))
+
+    async def tick_in_flight(self, timer_id: str, since_ms: int, limit: int) -> bool | None:
+        """Whether this tick's job is in the ready stream (fired, not settled), looking at
+        entries from ``since_ms`` on; None when more than ``limit`` follow (undecided)."""
+        found = await self.scripts["tick_in_flight"](
+            keys=[self.keys.ready], args=[max(0, since_ms), timer_id, limit]
+        )
+        return None if int(found) < 0 else bool(found)
+
+    async def record_run(self, task: str, tick_ms: int, fired_ms: int) -> None:
+        await self.scripts["record_run"](
+            keys=[self.keys.periodic_state(task)], args=[tick_ms, fired_ms]
+        )
 
     async def renew(self, lock: str, token: str, ttl_ms: int) -> bool:
         return bool(await self.scripts["renew"](keys=[lock], args=[token, ttl_ms]))

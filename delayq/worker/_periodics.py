@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from redis.exceptions import RedisError
+
 from delayq._app import Delayq
 from delayq._periodic import MISFIRE_GRACE_MS, Periodic, tick_of
 from delayq.worker._engine import Delivery, Engine
@@ -13,12 +15,18 @@ from delayq.worker._engine import Delivery, Engine
 log = logging.getLogger("delayq.worker")
 Decision = Literal["run", "skip", "requeued"]
 CAS_ATTEMPTS = 5
+# A tick out of the index is looked for among this many ready-stream entries fired after it
+# was armed; behind a longer backlog, it counts as in flight until the backlog shrinks.
+IN_FLIGHT_SCAN = 2000
+# Entry ids come from the server's clock, which may step back a little after the arming.
+CLOCK_STEP_MARGIN_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
 class State:
     sig: str
     armed: str
+    armed_at: str = ""
 
     @property
     def armed_ms(self) -> int | None:
@@ -37,10 +45,10 @@ class PeriodicRunner:
 
     async def state(self, name: str) -> State:
         raw: list[Any] = await self.engine.client.hmget(
-            self.app.keys.periodic_state(name), ["sig", "armed"]
+            self.app.keys.periodic_state(name), ["sig", "armed", "armed_at"]
         )
-        sig, armed = (v.decode() if v is not None else "" for v in raw)
-        return State(sig, armed)
+        sig, armed, armed_at = (v.decode() if v is not None else "" for v in raw)
+        return State(sig, armed, armed_at)
 
     async def _arm(self, task: Periodic[Any, Any], seen: State, tick_ms: int) -> int:
         cancel = None
@@ -55,7 +63,14 @@ class PeriodicRunner:
     async def register_all(self) -> None:
         """At start: arm each schedule's next tick; replace changed ones; stop removed ones."""
         for task in self.periodics.values():
-            await self.register(task)
+            try:
+                await self.register(task)
+            except Exception as exc:
+                # One task's schedule must never keep a worker from starting; the sweeps try
+                # again (ConnectionError and the like are the caller's to report).
+                if isinstance(exc, RedisError):
+                    raise
+                log.error("could not arm periodic task %s: %r", task.name, exc)
         stored: set[Any] = await self.engine.client.smembers(self.app.keys.periodics)
         for name in sorted(n.decode() for n in stored):
             if name not in self.periodics:
@@ -75,8 +90,8 @@ class PeriodicRunner:
                 await self.engine.client.sadd(self.app.keys.periodics, task.name)
             now = await self.engine.server_time_ms()
             if seen.sig == sig and seen.armed_ms is not None:
-                if await self.engine.is_pending(task.tick_id(seen.armed_ms)):
-                    return  # its tick is armed and will chain the next one
+                if await self._alive(task, seen):
+                    return  # its tick is armed or on its way, and will chain the next one
                 tick = task.chained_tick_ms(seen.armed_ms, now)
             else:
                 if seen.sig:
@@ -86,6 +101,16 @@ class PeriodicRunner:
             if await self._arm(task, seen, tick) >= 0:
                 return
         log.warning("could not register periodic task %s: its state kept changing", task.name)
+
+    async def _alive(self, task: Periodic[Any, Any], seen: State) -> bool:
+        """Whether the armed tick is pending, or fired with its run not settled yet."""
+        assert seen.armed_ms is not None
+        tick_id = task.tick_id(seen.armed_ms)
+        if await self.engine.is_pending(tick_id):
+            return True
+        # It cannot have fired before it was armed nor before it was due.
+        since = max(int(seen.armed_at or 0), task.due_ms(seen.armed_ms)) - CLOCK_STEP_MARGIN_MS
+        return await self.engine.tick_in_flight(tick_id, since, IN_FLIGHT_SCAN) is not False
 
     async def remove(self, name: str) -> None:
         seen = await self.state(name)
@@ -160,10 +185,7 @@ class PeriodicRunner:
         await self._advance_deferred(task, d)
         parsed = tick_of(d.timer_id)
         if parsed is not None:
-            await self.engine.client.hset(
-                self.app.keys.periodic_state(task.name),
-                mapping={"last_run": parsed[1], "last_run_at": d.fired_ms},
-            )
+            await self.engine.record_run(task.name, parsed[1], d.fired_ms)
 
     async def _advance_deferred(self, task: Periodic[Any, Any], d: Delivery) -> None:
         deferred = self.deferred.pop(d.entry_id, None)
