@@ -490,7 +490,8 @@ class Delayq:
         return task.debounce.window_ms if isinstance(task, Debounced) else None
 
     def pending_count(self) -> int:
-        return int(self.store.client.zcard(self.keys.index))
+        """Pending timers, watch timers (on_expire) included; paused ones are not counted."""
+        return self.store.pending_count()
 
     def stats(self) -> dict[str, int]:
         return self.store.stats()

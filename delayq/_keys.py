@@ -35,6 +35,7 @@ def check_namespace(namespace: str) -> str:
 
 # Ids delayq makes itself (watch timers, periodic ticks) start with this; users' may not.
 RESERVED_PREFIX = "~"
+WATCH_ID_PREFIX = RESERVED_PREFIX + "w:"
 
 
 def check_user_timer_id(timer_id: str) -> str:
@@ -96,7 +97,12 @@ class Keys:
         self.shadow_prefix = prefix + "s:"
         self.data_prefix = prefix + "d:"
         self.items_prefix = prefix + "a:"
-        self.marker_prefix = prefix + "wx:"
+        # Watch timers (on_expire) have an index of their own: only the watch leader, which
+        # hears the watched keys' events in order, may fire them.
+        self.watch_index = prefix + "wdue"  # sorted set: watch timer id -> the key's deadline
+        self.watch_lease = prefix + "wlease"  # the watch leader's token, with a lifetime
+        self.watch_epoch = prefix + "wepoch"  # counts leaderships, to tell a takeover apart
+        self.watch_barrier_prefix = prefix + "wb:"
 
     def shadow(self, timer_id: str) -> str:
         return self.shadow_prefix + timer_id
@@ -114,8 +120,13 @@ class Keys:
         """A throw-away key used to check that expired events are published."""
         return self.prefix + "probe:" + token
 
-    def watch_marker(self, timer_id: str) -> str:
-        return self.marker_prefix + timer_id
+    def watch_barrier(self, consumer: str) -> str:
+        """The watch leader's own channel: its probes' findings, in line with key events."""
+        return self.watch_barrier_prefix + consumer
+
+    def index_of(self, timer_id: str) -> str:
+        """The index holding this timer: watch timers (``~w:``) have their own."""
+        return self.watch_index if timer_id.startswith(WATCH_ID_PREFIX) else self.index
 
     @staticmethod
     def keyspace_pattern(db: int, pattern: str) -> str:
@@ -133,6 +144,17 @@ class Keys:
     def retry_id(timer_id: str, entry_id: str) -> str:
         """Id for a retry whose own id was taken meanwhile by a new pending timer."""
         return f"{timer_id}#retry-{entry_id}"
+
+    @staticmethod
+    def watch_timer_id(task: str, key: str) -> str:
+        """The watch timer of one on_expire task for one watched key."""
+        return f"{WATCH_ID_PREFIX}{task}|{key}"
+
+    @staticmethod
+    def plain_watch_job_id(timer_id: str, kind: str, entry_id: str) -> str:
+        """A plain timer for one expiry's job once it has fired (``kind``: retry, redrive): a
+        watch timer id would be taken up by the watched key's next life."""
+        return f"{timer_id.removeprefix(RESERVED_PREFIX)}#{kind}-{entry_id}"
 
     def data_pattern(self) -> str:
         # SCAN MATCH treats [ ] * ? \ specially; the namespace charset excludes them.
@@ -158,7 +180,8 @@ class Keys:
         ``watch``: (pattern, companion template or None) of each on_expire task.
         """
         keys = [f"~{self.prefix}*"]
-        channels = [f"&{self.wake_channel}", f"&{self.expired_channel(db)}"]
+        channels = [f"&{self.wake_channel}", f"&{self.expired_channel(db)}",
+                    f"&{self.watch_barrier_prefix}*"]  # fmt: skip
         for pattern, data in watch:
             keys.append(f"~{pattern}")
             channels.append(f"&{self.keyspace_pattern(db, pattern)}")
@@ -174,7 +197,7 @@ ACL_COMMANDS = (
     "ping", "time", "hello", "select", "client|setinfo", "client|setname", "config|get",
     "memory|usage",
     "evalsha", "eval", "script|load", "multi", "exec", "discard",
-    "get", "set", "del", "exists", "type", "pttl", "pexpire", "scan",
+    "get", "set", "del", "exists", "type", "pttl", "pexpire", "scan", "incr", "zscan",
     "zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore", "zcard",
     "hget", "hset", "hdel", "hexists", "hgetall", "hmget", "hlen", "hincrby",
     "sadd", "srem", "smembers", "rpush", "lrange", "ltrim",

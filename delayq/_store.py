@@ -20,8 +20,8 @@ import redis
 from redis.exceptions import OutOfMemoryError
 
 from delayq._codec import Payload, decode_payload, reencode
-from delayq._errors import ServerOutOfMemory
-from delayq._keys import Keys
+from delayq._errors import InvalidTimerId, ServerOutOfMemory
+from delayq._keys import WATCH_ID_PREFIX, Keys
 from delayq._scripts import Scripts
 from delayq._when import When
 
@@ -212,8 +212,8 @@ class TimerStore:
 
     def cancel(self, timer_id: str) -> bool:
         k = self.keys
-        keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index, k.paused,
-                k.first_touch]  # fmt: skip
+        keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index_of(timer_id),
+                k.paused, k.first_touch]  # fmt: skip
         return bool(self.scripts["cancel"](keys=keys, args=[timer_id]))
 
     def control(
@@ -221,6 +221,13 @@ class TimerStore:
     ) -> Controlled:
         """Run one control.lua operation (see its header for what each does); ``duration_ms``
         is the armed duration to assume if the server no longer knows it."""
+        if timer_id.startswith(WATCH_ID_PREFIX):
+            # Its deadline is the watched key's, read from the key's TTL at every event: a
+            # pause or a new deadline would be undone by the key's next write.
+            raise InvalidTimerId(
+                f"timer {timer_id[:80]!r} follows a watched key's time-to-live: {operation} does "
+                "not apply to it; change the key's TTL (EXPIRE, PERSIST) or cancel the timer"
+            )
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.paused]
         verb = "reschedule" if operation in ("delay", "at") else operation
@@ -252,7 +259,7 @@ class TimerStore:
     def lookup(self, timer_id: str) -> Lookup:
         """Where one timer stands, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.zscore(self.keys.index, timer_id)
+        pipe.zscore(self.keys.index_of(timer_id), timer_id)
         pipe.get(self.keys.data(timer_id))
         pipe.hget(self.keys.paused, timer_id)
         pipe.get(self.keys.shadow(timer_id))
@@ -278,10 +285,12 @@ class TimerStore:
     def pending(self, *, limit: int, due_before_ms: int | None = None) -> list[Listed]:
         """Pending timers, earliest first, then paused ones; payloads fetched in one trip."""
         top: Any = "+inf" if due_before_ms is None else f"({due_before_ms}"
-        rows: Any = self.client.zrangebyscore(
-            self.keys.index, "-inf", top, start=0, num=limit, withscores=True
-        )
-        found: list[tuple[str, int | None]] = [(m.decode(), int(score)) for m, score in rows]
+        rows: list[Any] = []
+        for index in (self.keys.index, self.keys.watch_index):
+            rows += self.client.zrangebyscore(index, "-inf", top, start=0, num=limit,
+                                              withscores=True)  # fmt: skip
+        rows.sort(key=lambda row: row[1])
+        found: list[tuple[str, int | None]] = [(m.decode(), int(s)) for m, s in rows[:limit]]
         if due_before_ms is None and len(found) < limit:
             paused: dict[bytes, bytes] = self.client.hgetall(self.keys.paused)  # type: ignore[assignment]
             found += [(member.decode(), None) for member in sorted(paused)][: limit - len(found)]
@@ -294,6 +303,12 @@ class TimerStore:
             for (timer_id, due), raw in zip(found, raws, strict=True)
             if raw is not None
         ]
+
+    def pending_count(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.index)
+        pipe.zcard(self.keys.watch_index)
+        return sum(int(n) for n in pipe.execute())
 
     def periodic_state(self, task: str) -> dict[str, str]:
         raw: dict[bytes, bytes] = self.client.hgetall(self.keys.periodic_state(task))  # type: ignore[assignment]
@@ -323,6 +338,10 @@ class TimerStore:
         except ValueError:
             payload = letter.raw_payload  # undecodable: redrive as it was, it will be buried again
         t = letter.timer_id
+        if t.startswith(WATCH_ID_PREFIX):
+            # The job of one expiry, with the data it was given: under a plain id, so that the
+            # watched key's current state has no say in it.
+            t = Keys.plain_watch_job_id(t, "redrive", letter.entry_id)
         keys = [k.dead, k.shadow(t), k.data(t), k.index, k.items(t)]
         args: list[Any] = [letter.entry_id, t, payload, k.wake_channel, letter.raw_items]
         with refused_when_full(f"re-arming dead letter {letter.entry_id} was"):

@@ -1,8 +1,8 @@
 """Watched keys: react when a key written by another program expires (``on_expire``).
 
-Producers do nothing but plain Redis commands (``SET key value EX 1800``). Workers learn of
-matching keys from keyspace events and scans, keep each key's deadline in the due index as a
-*watch timer*, and fire it through fire_watch.lua once the key is really gone.
+Producers do nothing but plain Redis commands (``SET key value EX 1800``). One worker at a
+time, the watch leader, hears the matching keys' events and applies them in order (watch.lua),
+keeping each key's deadline in the watch index as a *watch timer* (see worker/_watching.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from delayq._codec import encode_payload
 from delayq._errors import ConfigurationError
+from delayq._keys import WATCH_ID_PREFIX, Keys
 from delayq._task import Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -23,10 +24,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-WATCH_PREFIX = "~w:"
 _GLOB_SPECIALS = re.compile(r"[?\[\]\\]")
-# An expired notification may arrive long after the index fired the same expiry.
-MARKER_MS = 15 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +82,7 @@ class Watcher(Task[P, R]):
         self.spec = spec
 
     def timer_id(self, key: str) -> str:
-        return f"{WATCH_PREFIX}{self.name}|{key}"
+        return Keys.watch_timer_id(self.name, key)
 
     def payload_for(self, key: str, suffix: str, *, max_bytes: int) -> bytes:
         return encode_payload(
@@ -94,18 +92,18 @@ class Watcher(Task[P, R]):
 
 
 def is_watch_id(timer_id: str) -> bool:
-    return timer_id.startswith(WATCH_PREFIX)
+    return timer_id.startswith(WATCH_ID_PREFIX)
 
 
 def split_watch_id(timer_id: str) -> tuple[str, str]:
     """(task name, watched key) of a watch timer id."""
-    name, _, key = timer_id[len(WATCH_PREFIX) :].partition("|")
+    name, _, key = timer_id[len(WATCH_ID_PREFIX) :].partition("|")
     return name, key
 
 
 @dataclass(frozen=True, slots=True)
 class WatchTarget:
-    """Everything fire_watch.lua needs about one watch timer."""
+    """Everything watch.lua needs about one watch timer."""
 
     timer_id: str
     key: str

@@ -86,6 +86,10 @@ def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Del
     return app
 
 
+# The worker options' defaults are the settings' own: declared once, in WorkerSettings.
+_WORKER = WorkerSettings()
+
+
 @cli.command()
 def worker(
     app_spec: Annotated[
@@ -96,16 +100,19 @@ def worker(
     ],
     url: UrlOption = None,
     namespace: NamespaceOption = None,
-    concurrency: Annotated[int, typer.Option(help="jobs run at once")] = 10,
+    concurrency: Annotated[int, typer.Option(help="jobs run at once")] = _WORKER.concurrency,
     visibility_timeout: Annotated[
         float, typer.Option(help="seconds before a silent worker's jobs run elsewhere")
-    ] = 60.0,
+    ] = _WORKER.visibility_timeout,
     shutdown_timeout: Annotated[
         float, typer.Option(help="seconds to let jobs finish on SIGTERM")
-    ] = 30.0,
+    ] = _WORKER.shutdown_timeout,
     max_deliveries: Annotated[
         int, typer.Option(help="dead-letter a job whose worker died this many times")
-    ] = 5,
+    ] = _WORKER.max_deliveries,
+    watch_lease: Annotated[
+        float, typer.Option(help="seconds before a stopped watch leader (on_expire) is replaced")
+    ] = _WORKER.watch_lease,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Fire timers on time and run their jobs, until SIGTERM or SIGINT."""
@@ -120,6 +127,7 @@ def worker(
             visibility_timeout=visibility_timeout,
             shutdown_timeout=shutdown_timeout,
             max_deliveries=max_deliveries,
+            watch_lease=watch_lease,
         )
         runner = Worker(app, settings)
         runner.run()

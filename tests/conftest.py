@@ -112,10 +112,12 @@ def start_worker() -> Iterator[Callable[..., WorkerThread]]:
 class WorkerProcess:
     """``delayq worker`` as a child process, for tests that kill or signal it."""
 
-    def __init__(self, url: str, namespace: str, *extra: str) -> None:
+    def __init__(
+        self, url: str, namespace: str, *extra: str, app: str = "tests.worker_app:app"
+    ) -> None:
         self.args = [
             sys.executable, "-c", "from delayq.cli import main; main()",
-            "worker", "-A", "tests.worker_app:app", "--url", url, "--namespace", namespace,
+            "worker", "-A", app, "--url", url, "--namespace", namespace,
             "--visibility-timeout", "2", "--shutdown-timeout", "10", *extra,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
@@ -155,8 +157,10 @@ class WorkerProcess:
 def worker_process() -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(url: str, namespace: str, *extra: str) -> WorkerProcess:
-        proc = WorkerProcess(url, namespace, *extra).start()
+    def start(
+        url: str, namespace: str, *extra: str, app: str = "tests.worker_app:app"
+    ) -> WorkerProcess:
+        proc = WorkerProcess(url, namespace, *extra, app=app).start()
         started.append(proc)
         return proc
 

@@ -355,7 +355,7 @@ def test_hostile_timer_ids_work_or_are_refused_and_never_touch_a_neighbour(
     slot = key_slot(app.keys.index.encode())
     k = app.keys
     for text in accepted:
-        names = (k.shadow(text), k.data(text), k.items(text), k.watch_marker(text))
+        names = (k.shadow(text), k.data(text), k.items(text), k.watch_barrier(text))
         assert {key_slot(name.encode()) for name in names} == {slot}, text
     for text in accepted:  # each id finds its own timer, and no other
         found = app.timer(text)

@@ -1,33 +1,97 @@
 #!lua flags=allow-oom
--- watch.lua: keep the deadline of a key written by another program (on_expire) in the due
--- index, from the key's own TTL. Run on its keyspace events and when a scan finds it.
+-- watch.lua: apply what the watch leader heard about watched keys (on_expire), in the order the
+-- server published it. Only the lease holder may call it: each event is applied exactly once.
 --
--- KEYS[1]  the watched key (any name; written by other programs)
--- KEYS[2]  data key of the watch timer (payload: the handler's task and arguments)
--- KEYS[3]  due index
--- KEYS[4]  fired marker of the watch timer (set when an expiry fired)
--- ARGV[1]  watch timer id
--- ARGV[2]  payload
--- ARGV[3]  wake channel
+-- KEYS[1]        the watch lease (must hold ARGV[1])
+-- KEYS[2]        watch index: watch timer id -> the watched key's deadline, ms
+-- KEYS[3]        ready stream
+-- KEYS[4]        stats hash
+-- KEYS[5]        paused hash (watch timers are never paused; old entries are dropped)
+-- KEYS[5 + 3i - 2]  the i-th target's watched key (written by other programs)
+-- KEYS[5 + 3i - 1]  data key of its watch timer
+-- KEYS[5 + 3i]      its companion data key ("" slot name if none)
+-- ARGV[1]        the leader's token
+-- ARGV[1 + 4i - 3]  the i-th target's operation, one of:
+--     write    the key was written (set, expire, persist, rename_to, ...): its timer follows
+--              the key's TTL; no TTL removes it; a key gone since waits for its own event
+--     scan     a scan found the key: as write, except that a timer already due is left for
+--              its probe to judge (the key may have expired and come back unheard)
+--     gone     the key went away without expiring (del, rename_from, move_from): no firing
+--     expired  the key expired: fire once, with the timer's payload (or the default one if
+--              no timer was armed for this life)
+--     observe  a probe found the timer due at ARGV time with no event moving it since: the
+--              life it was armed for ended unheard (flush, lost events); fire, then follow
+--              the key's current life
+-- ARGV[1 + 4i - 2]  watch timer id
+-- ARGV[1 + 4i - 1]  default payload (the handler's task and arguments)
+-- ARGV[1 + 4i]      observe: the probe's server time, ms ("" otherwise)
 --
--- Returns {state, due_ms}
---   state 1: armed at the key's expiry time; 0: the key has no TTL (watch removed);
---         -1: the key is gone (a pending watch timer, if any, is left to fire)
+-- Stream entry fields: i, p, d as in fire.lua, and w = the companion data when it exists.
+-- Returns {now_ms, fired, earliest watch deadline or -1}, or {-1} when ARGV[1] does not
+-- hold the lease (nothing was applied).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local left = redis.call('PTTL', KEYS[1])
-if left == -2 then return {-1, -1} end
-if left == -1 then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('DEL', KEYS[2])
-  return {0, -1}
+local index, ready = KEYS[2], KEYS[3]
+local fired = 0
+
+local function follow(watched, data, id, payload, keep_due)
+  local left = redis.call('PTTL', watched)
+  if left == -2 then return end
+  local score = redis.call('ZSCORE', index, id)
+  if keep_due and score and tonumber(score) <= now then return end
+  if left == -1 then
+    redis.call('ZREM', index, id)
+    redis.call('DEL', data)
+    return
+  end
+  redis.call('SET', data, payload)
+  redis.call('ZADD', index, now + math.max(left, 1), id)
 end
-local due = now + left
-local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], due, ARGV[1])
-redis.call('DEL', KEYS[4])  -- a new life of the key: its next expiry may fire again
-if head[2] == nil or due < tonumber(head[2]) then
-  redis.call('PUBLISH', ARGV[3], due)
+
+local function fire(data, companion, id, payload)
+  local score = redis.call('ZSCORE', index, id)
+  local due = now
+  if score and tonumber(score) < now then due = tonumber(score) end
+  payload = redis.call('GET', data) or payload
+  redis.call('ZREM', index, id)
+  redis.call('DEL', data)
+  local value = false
+  -- A companion of another type than string is passed as absent, not as an error that
+  -- would abort the script halfway.
+  if companion ~= '' and redis.call('TYPE', companion).ok == 'string' then
+    value = redis.call('GET', companion)
+  end
+  if value then
+    redis.call('XADD', ready, '*', 'i', id, 'p', payload, 'd', due, 'w', value)
+  else
+    redis.call('XADD', ready, '*', 'i', id, 'p', payload, 'd', due)
+  end
+  fired = fired + 1
 end
-return {1, due}
+
+for i = 1, (#ARGV - 1) / 4 do
+  local op, id, payload, seen = ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1]
+  local watched, data, companion = KEYS[3 * i + 3], KEYS[3 * i + 4], KEYS[3 * i + 5]
+  redis.call('HDEL', KEYS[5], id)
+  if op == 'write' or op == 'scan' then
+    follow(watched, data, id, payload, op == 'scan')
+  elseif op == 'gone' then
+    redis.call('ZREM', index, id)
+    redis.call('DEL', data)
+  elseif op == 'expired' then
+    fire(data, companion, id, payload)
+  elseif op == 'observe' then
+    local score = redis.call('ZSCORE', index, id)
+    if score and tonumber(score) <= tonumber(seen) then
+      fire(data, companion, id, payload)
+      follow(watched, data, id, payload, false)
+    end
+  end
+end
+
+if fired > 0 then redis.call('HINCRBY', KEYS[4], 'fired_watch', fired) end
+local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+local next_due = -1
+if first[2] then next_due = tonumber(first[2]) end
+return {now, fired, next_due}

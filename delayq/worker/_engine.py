@@ -9,9 +9,9 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from delayq._keys import GROUP, Keys
+from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys
 from delayq._scripts import AsyncScripts
-from delayq._watch import MARKER_MS, WatchTarget
+from delayq._watch import WatchTarget, is_watch_id
 
 AsyncClient = aredis.Redis
 
@@ -46,6 +46,15 @@ class DeadLetterBound:
 
     maxlen: int
     max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOp:
+    """One operation of watch.lua (see its header) on one watch timer."""
+
+    op: str  # write, scan, gone, expired, observe
+    target: WatchTarget
+    seen_ms: int | None = None  # observe: the probe's server time
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,26 +115,60 @@ class Engine:
         now, fired, next_due, orphans = await self.scripts["fire"](keys=keys, args=ids)
         return FireResult(int(now), int(fired), None if next_due < 0 else int(next_due), orphans)
 
-    async def watch(self, targets: list[WatchTarget]) -> None:
-        """Arm (or move) the watch timers of these keys from their TTLs (watch.lua)."""
-        k = self.keys
-        async with self.client.pipeline(transaction=False) as pipe:
-            for w in targets:
-                keys = [w.key, k.data(w.timer_id), k.index, k.watch_marker(w.timer_id)]
-                await self.scripts["watch"](keys=keys, args=[w.timer_id, w.payload, k.wake_channel],
-                                            client=pipe)  # fmt: skip
-            await pipe.execute()
+    # -- watched keys (the watch leader) ----------------------------------------------------
 
-    async def fire_watch(self, targets: list[WatchTarget], *, expired: bool) -> FireResult:
+    async def watch_lease(self, op: str, token: str, ttl_ms: int, epoch: int = 0) -> int:
+        """watch_lease.lua: the epoch of the leadership held after ``op``, 0 for none."""
         k = self.keys
-        keys = [k.index, k.ready, k.stats]
-        for w in targets:
-            keys += (w.key, k.data(w.timer_id), w.companion or "", k.watch_marker(w.timer_id))
-        args: list[Any] = ["expired" if expired else "index", MARKER_MS, k.wake_channel]
-        args += [w.timer_id for w in targets]
-        args += [w.payload for w in targets]
-        now, fired, next_due = await self.scripts["fire_watch"](keys=keys, args=args)
-        return FireResult(int(now), int(fired), None if next_due < 0 else int(next_due), 0)
+        args: list[Any] = [op, token, ttl_ms, epoch or ""]
+        return int(await self.scripts["watch_lease"](keys=[k.watch_lease, k.watch_epoch],
+                                                      args=args))  # fmt: skip
+
+    async def apply_watch(self, token: str, ops: list[WatchOp]) -> FireResult | None:
+        """watch.lua: apply these operations in order; None if ``token`` lost the lease."""
+        k = self.keys
+        keys = [k.watch_lease, k.watch_index, k.ready, k.stats, k.paused]
+        args: list[Any] = [token]
+        for op in ops:
+            w = op.target
+            keys += (w.key, k.data(w.timer_id), w.companion or "")
+            args += (op.op, w.timer_id, w.payload, op.seen_ms if op.seen_ms is not None else "")
+        reply: list[Any] = await self.scripts["watch"](keys=keys, args=args)
+        if int(reply[0]) < 0:
+            return None
+        now, fired, next_due = (int(v) for v in reply)
+        return FireResult(now, fired, None if next_due < 0 else next_due, 0)
+
+    async def probe_watch(self, channel: str, seq: int, targets: list[WatchTarget]) -> int:
+        """watch_probe.lua: expire what is overdue, then publish a barrier with the ids to
+        judge; returns how many it holds."""
+        keys = [self.keys.watch_index, *(t.key for t in targets)]
+        args: list[Any] = [channel, seq, *(t.timer_id for t in targets)]
+        reply: list[Any] = await self.scripts["watch_probe"](keys=keys, args=args)
+        return int(reply[1])
+
+    async def adopt_old_watch_timers(self, count: int) -> None:
+        """Adopt every watch timer found in the plain due index (see adopt_watch_timers)."""
+        cursor = 0
+        while True:
+            match = WATCH_ID_PREFIX + "*"
+            reply: Any = await self.client.zscan(self.keys.index, cursor, match=match, count=count)
+            cursor, found = reply
+            if found:
+                await self.adopt_watch_timers([member.decode() for member, _ in found])
+            if cursor == 0:
+                return
+
+    async def adopt_watch_timers(self, ids: list[str]) -> None:
+        """Move watch timers found in the plain due index (armed by an older version) into
+        the watch index, where the watch leader judges them."""
+        scores = await self.client.zmscore(self.keys.index, ids)
+        found = {i: s for i, s in zip(ids, scores, strict=True) if s is not None}
+        async with self.client.pipeline(transaction=True) as pipe:
+            if found:
+                pipe.zadd(self.keys.watch_index, found, nx=True)
+            pipe.zrem(self.keys.index, *ids)
+            await pipe.execute()
 
     async def cancel(self, timer_id: str) -> bool:
         k = self.keys
@@ -283,6 +326,9 @@ class Engine:
 
     async def unindexed(self, ids: list[str]) -> list[str]:
         """Of these data-key ids, those without a due-index entry (candidates for repair)."""
+        ids = [i for i in ids if not is_watch_id(i)]  # watch.lua writes both or neither
+        if not ids:
+            return []
         scores = await self.client.zmscore(self.keys.index, ids)
         return [i for i, score in zip(ids, scores, strict=True) if score is None]
 

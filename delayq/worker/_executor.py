@@ -7,6 +7,7 @@ Coroutine functions run on the worker's event loop; plain functions run in a thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -20,6 +21,7 @@ from delayq._codec import Payload, decode_payload, decode_touches, reencode
 from delayq._context import JobContext, bind_job, unbind_job
 from delayq._debounce import Debounced
 from delayq._errors import JobTimeout, PayloadError
+from delayq._keys import Keys
 from delayq._periodic import Periodic
 from delayq._task import Task
 from delayq._watch import Watcher
@@ -251,7 +253,7 @@ class Executor:
                 # merged into the watched key's next life.
                 payload = Payload(payload.task, args, payload.kwargs, payload.attempt,
                                   payload.created_ms)  # fmt: skip
-                retry_id = f"{d.timer_id.lstrip('~')}#retry-{d.entry_id}"
+                retry_id = Keys.plain_watch_job_id(d.timer_id, "retry", d.entry_id)
             try:
                 again = reencode(payload, attempt=payload.attempt + 1,
                                  max_bytes=self.max_payload_bytes)  # fmt: skip
@@ -266,12 +268,22 @@ class Executor:
         tb = "".join(traceback.format_exception(exc))
         why = "not retried" if payload.attempt < policy.retries else "retries exhausted"
         reason = f"{type(exc).__name__}: {exc} ({why} after {payload.attempt + 1} attempt(s))"
-        await self._bury(d, task.name, reason, tb)
+        buried = None
+        if isinstance(task, Watcher) and args:
+            # With the companion data it was given, so that a re-drive runs the same call.
+            with contextlib.suppress(PayloadError):
+                buried = reencode(Payload(payload.task, args, payload.kwargs, payload.attempt,
+                                          payload.created_ms), attempt=payload.attempt,
+                                  max_bytes=self.max_payload_bytes)  # fmt: skip
+        await self._bury(d, task.name, reason, tb, payload=buried)
 
-    async def _bury(self, d: Delivery, task: str, reason: str, tb: str) -> None:
+    async def _bury(
+        self, d: Delivery, task: str, reason: str, tb: str, *, payload: bytes | None = None
+    ) -> None:
         log.error("job %s moved to dead letters: %s", d.timer_id, reason)
         self.counters.dead += 1
-        await self.engine.bury(d, task=task, reason=reason, traceback=tb, bound=self.dead_letters)
+        await self.engine.bury(d, task=task, reason=reason, traceback=tb, bound=self.dead_letters,
+                               payload=payload)  # fmt: skip
 
     async def _hand_back(self, d: Delivery) -> None:
         if await self.engine.handback(d):

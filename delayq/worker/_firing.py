@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
-from delayq._watch import WatchTarget, is_watch_id
+from delayq._watch import is_watch_id
 from delayq.worker._engine import Engine, FireResult, monotonic_ms
 from delayq.worker._loops import wait_any
 
@@ -29,10 +28,8 @@ class Firing:
         *,
         batch: int,
         stopping: asyncio.Event,
-        resolve_watch: Callable[[str], WatchTarget],
     ) -> None:
         self.engine = engine
-        self.resolve_watch = resolve_watch
         self.batch = batch
         self.stopping = stopping
         self.wake = asyncio.Event()
@@ -68,29 +65,19 @@ class Firing:
             self._clock(due.now_ms)
             if not due.ids:
                 return fired, due.first_ms
+            watched = [i for i in due.ids if is_watch_id(i)]
+            if watched:
+                # Armed by an older version: watch timers are the watch leader's to judge.
+                await self.engine.adopt_watch_timers(watched)
+                continue
             result = await self.fire(due.ids)
             fired += result.fired
             if len(due.ids) < self.batch or result.fired == 0:
                 return fired, result.next_due_ms
 
     async def fire(self, ids: list[str]) -> FireResult:
-        """Claim these timers: plain timers through fire.lua, watch timers fire_watch.lua."""
-        plain = [i for i in ids if not is_watch_id(i)]
-        watched = [self.resolve_watch(i) for i in ids if is_watch_id(i)]
-        result = None
-        if plain:
-            result = await self.engine.fire(plain)
-            self._account(result)
-        if watched:
-            watch_result = await self.engine.fire_watch(watched, expired=False)
-            self._account(watch_result)
-            if result is not None:
-                watch_result = FireResult(
-                    watch_result.now_ms, result.fired + watch_result.fired,
-                    watch_result.next_due_ms, result.orphans,
-                )  # fmt: skip
-            result = watch_result
-        assert result is not None
+        result = await self.engine.fire(ids)
+        self._account(result)
         return result
 
     async def run_deadlines(self) -> None:

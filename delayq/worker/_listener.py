@@ -1,4 +1,5 @@
-"""The keyspace-notification listener: expired shadow keys and wake nudges.
+"""The keyspace-notification listener: expired shadow keys and wake nudges (watched keys have
+a subscription of their own, held by the watch leader: see ``_watching``).
 
 It owns a pub/sub connection that does not reconnect by itself, so that every reconnect is
 seen here and followed by a sweep: whatever was published while it was away is lost.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,8 +34,6 @@ class Listener:
         on_wake: Callable[[], None],
         on_connect: Callable[[], None],
         stopping: asyncio.Event,
-        watch_patterns: Sequence[str] = (),
-        on_keyspace: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -44,9 +43,6 @@ class Listener:
         self.on_wake = on_wake
         self.on_connect = on_connect
         self.stopping = stopping
-        self.keyspace_prefix = Keys.keyspace_pattern(db, "")
-        self.watch_patterns = [Keys.keyspace_pattern(db, p) for p in watch_patterns]
-        self.on_keyspace = on_keyspace
         self.connects = 0
         self.subscribed = asyncio.Event()  # set once the first subscription is active
 
@@ -56,9 +52,7 @@ class Listener:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.expired_channel, self.wake_channel)
-                if self.watch_patterns:
-                    await pubsub.psubscribe(*self.watch_patterns)
-                await self._confirmed(pubsub, 2 + len(self.watch_patterns))
+                await self._confirmed(pubsub, 2)
                 self.connects += 1
                 if self.connects > 1:
                     log.warning("notification listener reconnected; sweeping for lost events")
@@ -82,10 +76,8 @@ class Listener:
             message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
             if message is None:
                 raise RedisTimeoutError("no subscription confirmation within 5 s")
-            if message["type"] in ("subscribe", "psubscribe"):
+            if message["type"] == "subscribe":
                 confirmed += 1
-            elif message["type"] == "pmessage":
-                self._keyspace(message["channel"], message["data"])
             elif message["type"] == "message":
                 self._dispatch(message)
 
@@ -96,15 +88,6 @@ class Listener:
         timer_id = self.keys.id_from_shadow(message["data"].decode("utf-8", "replace"))
         if timer_id is not None:
             self.on_expired(timer_id)
-
-    def _keyspace(self, channel: bytes, event: bytes) -> None:
-        if self.on_keyspace is None:
-            return
-        try:
-            key = channel.decode()[len(self.keyspace_prefix) :]
-        except UnicodeDecodeError:
-            return
-        self.on_keyspace(key, event.decode(errors="replace"))
 
     async def _receive(self, pubsub: Any) -> None:
         handled = 0
@@ -117,7 +100,5 @@ class Listener:
                 await asyncio.sleep(0)
             if message is None:
                 continue
-            if message["type"] == "pmessage":
-                self._keyspace(message["channel"], message["data"])
-            elif message["type"] == "message":
+            if message["type"] == "message":
                 self._dispatch(message)

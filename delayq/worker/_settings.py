@@ -31,6 +31,9 @@ class WorkerSettings:
                           goes to the dead letters
     fire_batch:           timers claimed per script call
     configure_server:     enable keyspace notifications with CONFIG SET when they are off
+    watch_lease:          seconds the watch leader (the one worker applying watched keys'
+                          events, on_expire) holds its lease between renewals; a stopped or
+                          killed leader is replaced after this
     """
 
     concurrency: int = 10
@@ -42,6 +45,7 @@ class WorkerSettings:
     max_deliveries: int = 5
     fire_batch: int = 500
     configure_server: bool = True
+    watch_lease: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "fire_batch", "max_deliveries"):
@@ -51,6 +55,7 @@ class WorkerSettings:
         _positive("visibility_timeout", self.visibility_timeout)
         _positive("sweep_interval", self.sweep_interval)
         _positive("orphan_scan_interval", self.orphan_scan_interval)
+        _positive("watch_lease", self.watch_lease)
         if not isinstance(self.shutdown_timeout, int | float) or not (
             math.isfinite(self.shutdown_timeout) and self.shutdown_timeout >= 0
         ):

@@ -1,45 +1,95 @@
-"""Watching keys written by other programs (on_expire): learn their deadlines, fire on expiry.
+"""Watched keys (on_expire): one worker at a time, the watch leader, applies their events.
 
-Keyspace events for the watched patterns arrive through the listener; they are batched here.
-A scan at start, after each listener reconnect and with every orphan scan finds keys whose
-events were missed.
+Keyspace events are published once, in the order of the commands, to every subscriber; each
+worker applying them on its own would fire one expiry as often as there are workers, or judge an
+old event against a key's newer life. So the worker holding the watch lease alone subscribes to
+the watched patterns, queues what it hears, and applies the queue in order through watch.lua.
+
+Its deadline loop looks at watch timers that fall due (watch_probe.lua), which makes the server
+expire an overdue key at once, and publishes a barrier on the leader's own channel: the barrier
+takes its place in the queue after every event that happened before the look, so a timer still
+due when the barrier is applied was armed for a life that ended unheard (watch.lua "observe").
+Scans find keys whose events were missed (at each leadership, after a reconnect, and with the
+orphan scans).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
+from collections import deque
 from typing import Any
 
+import msgpack
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from delayq._app import Delayq
+from delayq._keys import Keys
 from delayq._watch import Watcher, WatchTarget, resolve
-from delayq.worker._engine import Engine
-from delayq.worker._loops import wait_any
+from delayq.worker._engine import AsyncClient, Engine, WatchOp, monotonic_ms
+from delayq.worker._loops import wait_any, wait_or_stop
 
 log = logging.getLogger("delayq.worker")
 SCAN_COUNT = 1000
-# Events that can change a key's TTL (re-read it), and those that end its life.
-REARM_EVENTS = {"set", "expire", "persist", "rename_to", "restore", "copy_to"}
-GONE_EVENTS = {"del", "rename_from"}
+# What each keyspace event means for the key's watch timer (see watch.lua); others are
+# ignored: `evicted` counts as expired when the timer's deadline comes.
+EVENT_OPS = {
+    "expired": "expired",
+    **dict.fromkeys(("del", "rename_from", "move_from"), "gone"),
+    **dict.fromkeys(
+        ("set", "expire", "persist", "rename_to", "restore", "copy_to", "move_to"), "write"
+    ),
+}
+# A probe's barrier that does not come back within this (the subscription dropped) is given up;
+# the next look at the index probes again.
+PROBE_TIMEOUT = 5.0
+MAX_IDLE_WAIT = 5.0
+
+
+class LeaseLost(Exception):
+    """Another worker leads the watched keys now."""
 
 
 class Watching:
-    def __init__(self, app: Delayq, engine: Engine, *, batch: int, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, app: Delayq, engine: Engine, listen_client: AsyncClient, *, db: int, batch: int,
+        lease_s: float, stopping: asyncio.Event,
+    ) -> None:  # fmt: skip
         self.app = app
         self.engine = engine
+        self.listen_client = listen_client
         self.batch = batch
+        self.lease_ms = round(lease_s * 1000)
         self.stopping = stopping
         self.watchers: dict[str, Watcher[Any, Any]] = dict(app.watchers)
-        # key -> [expired seen, last other event]: an expiry and the key's next life (a SET
-        # right after) can arrive in one batch, and both must be acted on, in that order.
-        self.pending: dict[str, list[Any]] = {}
-        self.ready = asyncio.Event()
+        self.token = secrets.token_hex(8)
+        self.epoch = 0  # of the leadership held, 0 when not leading
+        self.channel = app.keys.watch_barrier(engine.consumer)
+        self.keyspace_prefix = Keys.keyspace_pattern(db, "")
+        self.subscriptions = [Keys.keyspace_pattern(db, p) for p in self.patterns()]
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.queued = asyncio.Event()
+        self.wake = asyncio.Event()  # a watch deadline may have come earlier
         self.scan_requested = asyncio.Event()
+        self.probes: dict[int, asyncio.Event] = {}
+        # Set when a leadership ends: its loops stop at their next turn even if a cancellation
+        # was swallowed on the way (the client may absorb one in the middle of a command).
+        self.ending = asyncio.Event()
+        self.probe_seq = 0
+        self.offset_ms = 0.0  # the server's clock minus the monotonic clock
         self.armed = 0
+        self.leaderships = 0
 
     @property
     def active(self) -> bool:
         return bool(self.watchers)
+
+    @property
+    def leading(self) -> bool:
+        return self.epoch != 0
 
     def patterns(self) -> list[str]:
         return sorted({w.spec.pattern for w in self.watchers.values()})
@@ -54,58 +104,211 @@ class Watching:
             if w.spec.suffix_of(key) is not None
         ]
 
-    def event(self, key: str, event: str) -> None:
-        """A keyspace event for a watched key (called by the listener)."""
-        state = self.pending.setdefault(key, [False, None])
-        if event == "expired":
-            state[0], state[1] = True, None  # what came before the expiry no longer matters
-        else:
-            state[1] = event
-        self.ready.set()
+    async def request_scan(self) -> None:
+        """Scan for the watched keys soon (called with each orphan scan); leader only."""
+        self.scan_requested.set()
 
-    async def run_events(self) -> None:
+    # -- leadership ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Try for the lease; while it is held, lead. Runs as the "watched keys" loop."""
         while not self.stopping.is_set():
-            await wait_any([self.ready, self.stopping], None)
-            self.ready.clear()
-            while self.pending:
-                chunk = dict(list(self.pending.items())[: self.batch])
-                for key in chunk:
-                    del self.pending[key]
-                try:
-                    await self._apply(chunk)
-                except Exception:
-                    for key, state in chunk.items():
-                        self.pending.setdefault(key, state)
-                    raise
+            self.epoch = await self.engine.watch_lease("acquire", self.token, self.lease_ms)
+            if not self.leading:
+                if await wait_or_stop(self.stopping, self.lease_ms / 3000):
+                    return
+                continue
+            self.leaderships += 1
+            log.info("leading the watched keys (epoch %d)", self.epoch)
+            try:
+                await self._lead()
+            except LeaseLost:
+                log.warning("lost the watch lease; another worker leads the watched keys")
+            finally:
+                if self.stopping.is_set():
+                    with contextlib.suppress(Exception):
+                        await self.engine.watch_lease("release", self.token, self.lease_ms)
+                self.epoch = 0
+                self.queue.clear()
+                self.probes.clear()
 
-    async def _apply(self, events: dict[str, list[Any]]) -> None:
-        expired, rearm, gone = [], [], []
-        for key, (was_expired, event) in events.items():
-            found = self.targets(key)
-            if was_expired:
-                expired += found
-            if event in GONE_EVENTS:
-                gone += found
-            elif event in REARM_EVENTS:
-                rearm += found
-        if expired:  # the old life's expiry first, then the new life's deadline
-            await self.engine.fire_watch(expired, expired=True)
-        if rearm:
-            await self.engine.watch(rearm)
-            self.armed += len(rearm)
-        for target in gone:
-            # Deleted, not expired: nothing to react to.
-            await self.engine.cancel(target.timer_id)
+    async def _lead(self) -> None:
+        self.ending = asyncio.Event()
+        bodies = {"watch lease": self._renew, "watch events": self._listen,
+                  "watch queue": self._apply_queue, "watch deadlines": self._deadlines,
+                  "watch scans": self._scans}  # fmt: skip
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(body(), name=name) for name, body in bodies.items()
+        ]
+        tasks.append(asyncio.create_task(self.stopping.wait()))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.ending.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:
+                raise failure
+
+    async def _renew(self) -> None:
+        while not await wait_or_stop(self.ending, self.lease_ms / 3000):
+            await self._keep_lease()
+
+    async def _keep_lease(self) -> None:
+        epoch = await self.engine.watch_lease("renew", self.token, self.lease_ms, self.epoch)
+        if epoch != self.epoch:
+            raise LeaseLost
+
+    # -- hearing ------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """The leader's subscription; after each (re)connect, a scan covers what was missed."""
+        backoff = 0.05
+        while not self.ending.is_set():
+            pubsub = self.listen_client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await pubsub.psubscribe(*self.subscriptions)
+                await self._confirmed(pubsub, 1 + len(self.subscriptions))
+                self.scan_requested.set()
+                self.wake.set()
+                backoff = 0.05
+                while not self.ending.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        self._heard(message)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("watched-keys subscription lost its connection: %s", exc)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+            await wait_or_stop(self.ending, backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _confirmed(self, pubsub: Any, expected: int) -> None:
+        confirmed = 0
+        while confirmed < expected:
+            message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+            if message is None:
+                raise RedisTimeoutError("no subscription confirmation within 5 s")
+            if message["type"] in ("subscribe", "psubscribe"):
+                confirmed += 1
+            else:
+                self._heard(message)
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        if message["type"] == "pmessage":
+            try:
+                key = message["channel"].decode()[len(self.keyspace_prefix) :]
+            except UnicodeDecodeError:
+                return  # not a name delayq could have been asked to watch
+            op = EVENT_OPS.get(message["data"].decode(errors="replace"))
+            if op is not None:
+                self.queue.append((op, key))
+        elif message["type"] == "message":
+            seq, seen_ms, *ids = msgpack.unpackb(message["data"], raw=False)
+            self.queue.append(("observe", seen_ms, ids, seq))
+        else:
+            return
+        self.queued.set()
+
+    # -- applying -----------------------------------------------------------------------------
+
+    async def _apply_queue(self) -> None:
+        while not self.ending.is_set():
+            await wait_any([self.queued, self.ending], None)
+            self.queued.clear()
+            while self.queue and not self.ending.is_set():
+                ops, probes = self._take()
+                await self._apply(ops)
+                for seq in probes:
+                    if seq in self.probes:
+                        self.probes[seq].set()
+
+    def _take(self) -> tuple[list[WatchOp], list[int]]:
+        """The queue's next operations, in order, up to a batch (whole items)."""
+        ops: list[WatchOp] = []
+        probes: list[int] = []
+        while self.queue and len(ops) < self.batch:
+            item = self.queue.popleft()
+            if item[0] == "observe":
+                _, seen_ms, ids, seq = item
+                ops += (WatchOp("observe", self.resolve(i), seen_ms) for i in ids)
+                probes.append(seq)
+                continue
+            op, key = item
+            for target in self.targets(key):
+                last = ops[-1] if ops else None
+                if last and last.op == op == "write" and last.target.timer_id == target.timer_id:
+                    continue  # SET ... EX publishes set and expire: one look is enough
+                ops.append(WatchOp(op, target))
+        return ops, probes
+
+    async def _apply(self, ops: list[WatchOp]) -> None:
+        if not ops:
+            return
+        backoff = 0.05
+        while not self.ending.is_set():
+            try:
+                result = await self.engine.apply_watch(self.token, ops)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # The queue keeps its order only if this batch goes through before the next.
+                log.warning("applying watched-key events failed (%s); retrying", exc)
+                await wait_or_stop(self.ending, backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if result is not None:
+                break
+            await self._keep_lease()  # it expired while nobody else took it: carry on
+        self.armed += sum(op.op in ("write", "scan") for op in ops)
+        self.wake.set()
+
+    # -- deadlines and scans ------------------------------------------------------------------
+
+    async def _deadlines(self) -> None:
+        while not self.ending.is_set():
+            self.wake.clear()
+            due = await self.engine.due(self.app.keys.watch_index, self.batch)
+            self.offset_ms = due.now_ms - monotonic_ms()
+            if due.ids:
+                await self._probe([self.resolve(i) for i in due.ids])
+                continue
+            timeout = MAX_IDLE_WAIT
+            if due.first_ms is not None:
+                left = (due.first_ms - (monotonic_ms() + self.offset_ms)) / 1000
+                timeout = min(timeout, max(left, 0.001))
+            await wait_any([self.wake, self.ending], timeout)
+
+    async def _probe(self, targets: list[WatchTarget]) -> None:
+        """Look at due timers, and wait until the queue applied the look in its place."""
+        self.probe_seq += 1
+        seq = self.probe_seq
+        applied = self.probes[seq] = asyncio.Event()
+        try:
+            if await self.engine.probe_watch(self.channel, seq, targets) == 0:
+                await asyncio.sleep(0.001)  # keys at their last millisecond: look again
+            await wait_any([applied, self.ending], PROBE_TIMEOUT)
+        finally:
+            self.probes.pop(seq, None)
+
+    async def _scans(self) -> None:
+        while not self.ending.is_set():
+            await wait_any([self.scan_requested, self.ending], None)
+            if self.ending.is_set():
+                return
+            self.scan_requested.clear()
+            await self.engine.adopt_old_watch_timers(SCAN_COUNT)
+            await self.scan()
 
     async def scan(self) -> None:
-        """Find watched keys and arm their timers (their events may have been missed)."""
+        """Queue every key matching a watched pattern (their events may have been missed)."""
         for pattern in self.patterns():
             cursor = 0
-            while True:
+            while not self.ending.is_set():
                 cursor, keys = await self.engine.scan_keys(cursor, pattern, SCAN_COUNT)
-                targets = [t for key in keys for t in self.targets(key)]
-                if targets:
-                    await self.engine.watch(targets)
-                    self.armed += len(targets)
+                self.queue.extend(("scan", key) for key in keys)
+                self.queued.set()
                 if cursor == 0:
                     break

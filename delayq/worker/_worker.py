@@ -60,6 +60,7 @@ class Worker:
         self._firing: Firing | None = None
         self._executor: Executor | None = None
         self._sweeper: Sweeper | None = None
+        self._watching: Watching | None = None
         self._stop_requested = False
 
     # -- control ------------------------------------------------------------------------------
@@ -87,6 +88,11 @@ class Worker:
     @property
     def fired(self) -> int:
         return self._firing.fired if self._firing else 0
+
+    @property
+    def leads_watched_keys(self) -> bool:
+        """Whether this worker is the watch leader now (applies watched keys' events)."""
+        return self._watching is not None and self._watching.leading
 
     def find_task(self, name: str) -> Task[Any, Any] | None:
         return find_task(self.app, name)
@@ -126,9 +132,11 @@ class Worker:
         )
         await warn_on_eviction(client)
         await engine.ensure_group()
-        watching = Watching(app, engine, batch=settings.fire_batch, stopping=stopping)
-        firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping,
-                                       resolve_watch=watching.resolve)  # fmt: skip
+        watching = self._watching = Watching(
+            app, engine, listen_client, db=_db(client), batch=settings.fire_batch,
+            lease_s=settings.watch_lease, stopping=stopping,
+        )  # fmt: skip
+        firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping)
         periodics = PeriodicRunner(
             app, engine, lock_ttl_ms=round(settings.visibility_timeout * 2000)
         )
@@ -142,7 +150,7 @@ class Worker:
         )  # fmt: skip
         sweeper = self._sweeper = Sweeper(
             engine, firing, orphan_scan_interval=settings.orphan_scan_interval,
-            scan_watched=watching.scan if watching.active else None,
+            scan_watched=watching.request_scan if watching.active else None,
             each_sweep=periodics.keep_armed if periodics.periodics else None,
         )  # fmt: skip
         listener = Listener(
@@ -151,16 +159,15 @@ class Worker:
             on_wake=firing.wake.set,
             on_connect=functools.partial(self._after_connect, sweeper, firing),
             stopping=stopping,
-            watch_patterns=watching.patterns(),
-            on_keyspace=watching.event,
         )  # fmt: skip
         intake: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("deadline loop", firing.run_deadlines),
             ("notification hints", firing.run_hints),
             ("notification listener", listener.run),
-            ("watched keys", watching.run_events),
             ("consumer", executor.consume),
         ]
+        if watching.active:
+            intake.append(("watched keys", watching.run))
         tasks = [asyncio.create_task(guarded(n, body, stopping), name=n) for n, body in intake]
         tasks += [
             asyncio.create_task(
