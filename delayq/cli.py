@@ -156,12 +156,13 @@ def server(
 ) -> None:
     """Run the bundled Valkey server with notifications and AOF on, until Ctrl-C."""
     embedded = EmbeddedServer(port=port, data_dir=data_dir)
-    embedded.start()
-    typer.echo(f"valkey listening on {embedded.url} (data in {data_dir}); Ctrl-C to stop")
     done = threading.Event()
+    # Handlers go in before the server answers, so a Ctrl-C as soon as it is up stops it cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     try:
+        embedded.start()
+        typer.echo(f"valkey listening on {embedded.url} (data in {data_dir}); Ctrl-C to stop")
         done.wait()
     finally:
         embedded.stop()

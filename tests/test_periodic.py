@@ -367,7 +367,10 @@ def test_replaced_or_removed_schedules_leave_nothing_behind(
 
     start_worker(changed).stop()
     assert not rclient.hexists(app.keys.paused, tick.id)
-    assert [t.id for t in app.timers()] != [tick.id]
+    # Both schedules fall on epoch multiples, so the new tick's id may equal the old one's:
+    # what shows the replacement is a live tick on the new grid.
+    (armed,) = app.timers()
+    assert not armed.paused and armed.due_ms % 120_000 == 0
 
     async def run_ends_after_removal() -> None:
         from delayq.worker._engine import Engine
