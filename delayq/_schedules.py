@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 from delayq._errors import ConfigurationError
 
@@ -60,11 +60,17 @@ class CronSchedule:
                 "(minute hour day month weekday) or 6 (seconds first)"
             )
         try:
-            croniter(self.expression, dt.datetime(2000, 1, 1), second_at_beginning=True)
+            for variant in day_variants(self.expression):
+                croniter(variant, dt.datetime(2000, 1, 1), second_at_beginning=True)
         except (CroniterError, ValueError, KeyError) as exc:
             raise ConfigurationError(
                 f"invalid cron expression {self.expression!r}: {exc}"
             ) from None
+        if next_wall(self.expression, dt.datetime(2000, 1, 1)) is None:
+            raise ConfigurationError(
+                f"cron expression {self.expression!r} never matches: no date has the day of "
+                "the month and month it names (such as 30 February)"
+            )
         load_zone(self.tz)
 
     @property
@@ -89,12 +95,45 @@ class CronSchedule:
             second_pass = local.utcoffset()
             assert first_pass is not None and second_pass is not None
             wall -= first_pass - second_pass
-        # croniter is strictly after its start: step back so a tick at ``wall`` is a candidate.
-        times = croniter(self.expression, wall - dt.timedelta(seconds=1), second_at_beginning=True)
+        # Strictly after its start: step back so that a tick at ``wall`` is a candidate.
+        after = wall - dt.timedelta(seconds=1)
         while True:
-            candidate = to_instant(times.get_next(dt.datetime), zone)
+            found = next_wall(self.expression, after)
+            if found is None:  # refused at construction; kept for a clear error regardless
+                raise ConfigurationError(f"cron expression {self.expression!r} never matches")
+            candidate = to_instant(found, zone)
             if candidate > instant:
                 return candidate
+            after = found
+
+
+def day_variants(expression: str) -> list[str]:
+    """The expression, or, when both day fields are restricted, one expression per day field.
+
+    delayq reads two restricted day fields (anything but a bare ``*`` or ``?``) as OR: a day
+    matching either is a tick day. croniter keeps a ``#`` weekday constraint on both sides of
+    that OR, so each side is evaluated on its own and the earlier tick wins.
+    """
+    fields = expression.split()
+    dom, dow = (2, 4) if len(fields) == 5 else (3, 5)
+    if fields[dom] in ("*", "?") or fields[dow] in ("*", "?"):
+        return [expression]
+    by_month_day = [*fields[:dow], "*", *fields[dow + 1 :]]
+    by_weekday = [*fields[:dom], "*", *fields[dom + 1 :]]
+    return [" ".join(by_month_day), " ".join(by_weekday)]
+
+
+def next_wall(expression: str, after: dt.datetime) -> dt.datetime | None:
+    """The first wall time strictly after ``after`` that the expression matches, None if no
+    date ever matches."""
+    found = []
+    for variant in day_variants(expression):
+        try:
+            times = croniter(variant, after, second_at_beginning=True)
+            found.append(times.get_next(dt.datetime))
+        except CroniterBadDateError:
+            continue  # this side never matches; the other may
+    return min(found) if found else None
 
 
 def to_instant(wall: dt.datetime, zone: ZoneInfo) -> dt.datetime:
