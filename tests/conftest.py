@@ -113,8 +113,14 @@ class WorkerProcess:
     """``delayq worker`` as a child process, for tests that kill or signal it."""
 
     def __init__(
-        self, url: str, namespace: str, *extra: str, app: str = "tests.worker_app:app"
+        self,
+        url: str,
+        namespace: str,
+        *extra: str,
+        app: str = "tests.worker_app:app",
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.env = dict(env or {})  # added to the parent's environment
         self.args = [
             sys.executable, "-c", "from delayq.cli import main; main()",
             "worker", "-A", app, "--url", url, "--namespace", namespace,
@@ -123,7 +129,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         # A file, not a pipe: a chatty worker must never block on a full pipe.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(

@@ -2,17 +2,19 @@
 
 Every job is instantaneous: it pushes ``<tag>|<local time, ms>|<pid>`` to the list
 ``test:<namespace>:ran`` and returns, so the test can tell which timer (and which touch of a
-debounced key) fired, when, and in which worker process.
+debounced key) fired, when, and in which worker process. The worker's wall clock can be stepped
+while it runs (tests/clockstep.py).
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 from delayq import Delayq
 from delayq.testing import LazyRedis
+from tests import clockstep
 
+clockstep.install()
 app = Delayq(os.environ.get("DELAYQ_URL"), namespace=os.environ.get("DELAYQ_NAMESPACE"))
 _redis = LazyRedis(app)
 
@@ -26,7 +28,8 @@ def report(list_name: str, value: str) -> None:
 
 
 def ran(tag: str) -> None:
-    report("ran", f"{tag}|{time.time() * 1000:.1f}|{os.getpid()}")
+    # The true clock: the worker's own may have been stepped (clockstep).
+    report("ran", f"{tag}|{clockstep.true_ms():.1f}|{os.getpid()}")
 
 
 @app.task(name="sm.record")

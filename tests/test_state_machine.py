@@ -3,7 +3,8 @@
 Hypothesis drives random sequences of schedule (new ids and idempotent re-schedules), touch
 (debounced keys, with and without ``max_wait``), reschedule (``delay=`` and ``at=``), restart,
 extend, pause, resume, cancel, inspection (``app.timer``, ``remaining``), worker kills (SIGKILL,
-with or without an immediate restart), worker starts, time advances, and races (sleep until a
+with or without an immediate restart), worker starts, steps of the worker's wall clock (up to
+5 minutes either way: tests/clockstep.py), time advances, and races (sleep until a
 pending timer's deadline, give or take a few ms, then operate on it), against the bundled
 server and a ``delayq worker`` child process (tests/state_app.py). Every job is instantaneous
 and reports its tag, its time and its worker's pid.
@@ -41,10 +42,12 @@ import collections
 import datetime as dt
 import functools
 import math
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
@@ -62,7 +65,7 @@ from delayq import Delayq, EmbeddedServer, TimerPaused
 from delayq._debounce import Debounced
 from delayq._task import Task
 from delayq._timer import Timer
-from tests import state_app
+from tests import clockstep, state_app
 from tests.conftest import WorkerProcess
 from tests.test_faults import wait_drained
 
@@ -89,9 +92,10 @@ def now_ms() -> float:
 class StateWorker(WorkerProcess):
     """``delayq worker -A tests.state_app:app`` as a child process (visibility timeout 2 s)."""
 
-    def __init__(self, url: str, namespace: str) -> None:
-        super().__init__(url, namespace)
-        self.args[self.args.index("tests.worker_app:app")] = "tests.state_app:app"
+    def __init__(self, url: str, namespace: str, clock_file: Path) -> None:
+        super().__init__(url, namespace, app="tests.state_app:app",
+                         env={"CLOCK_STEP_FILE": str(clock_file)})  # fmt: skip
+        self.clock_file = clock_file
 
 
 @dataclass
@@ -167,6 +171,7 @@ class StateMachine(RuleBasedStateMachine):
         self.op_first = 0  # operations at or after the deadline that found the timer pending
         self.fire_first = 0  # ... that found it fired
         self.ops = 0
+        self.clock_steps = 0
         try:
             self._check_clock()
             self._start_worker()
@@ -268,7 +273,9 @@ class StateMachine(RuleBasedStateMachine):
     # -- workers ----------------------------------------------------------------------------
 
     def _start_worker(self) -> None:
-        proc = StateWorker(self.url, self.namespace)
+        clock_file = Path(tempfile.gettempdir()) / f"{self.namespace}-clock-{len(self.workers)}"
+        clock_file.write_text("0")
+        proc = StateWorker(self.url, self.namespace, clock_file)
         proc.start()
         assert proc.proc is not None
         up = Up(proc, proc.proc.pid, math.inf)
@@ -697,6 +704,17 @@ class StateMachine(RuleBasedStateMachine):
     def start_worker(self) -> None:
         self._start_worker()
 
+    @precondition(lambda self: self.alive() is not None)
+    @rule(skew=st.sampled_from([-300, -120, -30, 0, 30, 120, 300]))
+    @step
+    def step_clock(self, skew: int) -> None:
+        """Step the worker's wall clock (NTP, a resumed VM): deadlines are the server's, so
+        nothing the model says changes."""
+        up = self.alive()
+        assert up is not None
+        clockstep.step(up.pid, up.proc.clock_file, skew)
+        self.clock_steps += 1
+
     # -- what ran ---------------------------------------------------------------------------
 
     @invariant()
@@ -754,6 +772,7 @@ class StateMachine(RuleBasedStateMachine):
         finally:
             for up in self.workers:
                 up.proc.close()
+                up.proc.clock_file.unlink(missing_ok=True)
             keys = [*self.client.scan_iter(f"dq:{{{self.namespace}}}:*", 1000),
                     *self.client.scan_iter(f"test:{self.namespace}:*", 1000)]  # fmt: skip
             if keys:
@@ -786,7 +805,8 @@ class StateMachine(RuleBasedStateMachine):
         counts = {"examples": 1, "timers": len(self.units), "operations": self.ops,
                   "racing ops that found the timer pending": self.op_first,
                   "racing ops that found it fired": self.fire_first,
-                  "worker kills": kills, "runs again after a kill": self.duplicates}  # fmt: skip
+                  "worker kills": kills, "runs again after a kill": self.duplicates,
+                  "worker clock steps": self.clock_steps}  # fmt: skip
         TOTALS.update(counts)
         self.note(f"done: {counts}")
 

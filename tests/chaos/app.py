@@ -1,8 +1,8 @@
 """The app the chaos workers run. Every finished job appends one line to a file of its process.
 
 Recording to files, not to the server, keeps the ledger independent of the faults injected into
-the server (restarts, a full memory). ``CHAOS_CLOCK_SKEW`` (seconds) sets this process's
-``time.time()`` that far off, as a worker on a machine with a wrong clock.
+the server (restarts, a full memory). The worker's wall clock may be set off or stepped while it
+runs (tests/clockstep.py), as on a machine with a wrong clock.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from dataclasses import dataclass
 
 from delayq import Debounced, Delayq, Task, current_job
 from delayq._periodic import Periodic
+from tests import clockstep
 
-SKEW_S = float(os.environ.get("CHAOS_CLOCK_SKEW", "0"))
-if SKEW_S:
-    _real_time, _real_time_ns = time.time, time.time_ns
-    time.time = lambda: _real_time() + SKEW_S
-    time.time_ns = lambda: _real_time_ns() + int(SKEW_S * 1e9)
+clockstep.install()
 
 RUNS_DIR = os.environ.get("CHAOS_DIR", ".")
 DEBOUNCE_S = 0.5
@@ -63,7 +60,7 @@ def record(kind: str, tag: str, extra: str = "") -> None:
     """``kind|tag|timer id|delivery|attempt|due ms|fired ms|ran ms|pid|extra``, one write."""
     job = current_job()
     assert job is not None, "chaos tasks run on workers only"
-    ran_ms = time.clock_gettime_ns(time.CLOCK_REALTIME) // 1_000_000  # the true clock
+    ran_ms = int(clockstep.true_ms())  # the true clock
     fields = (kind, tag, job.timer_id, job.delivery_id, job.attempt, job.due_ms, job.fired_ms,
               ran_ms, os.getpid(), extra)  # fmt: skip
     line = "|".join(str(f) for f in fields) + "\n"

@@ -148,8 +148,8 @@ def clock_skew(workdir: Path, full: bool) -> Ledger:
     """Two workers whose clocks are 5 minutes fast and 5 minutes slow."""
     seconds = 30.0 if full else 8.0
     with world("worker clocks +-5 min", workdir) as chaos:
-        chaos.start_worker(env={"CHAOS_CLOCK_SKEW": "300"})
-        chaos.start_worker(env={"CHAOS_CLOCK_SKEW": "-300"})
+        chaos.start_worker(env={"CLOCK_SKEW": "300"})
+        chaos.start_worker(env={"CLOCK_SKEW": "-300"})
         with chaos.traffic(rate=100):
             time.sleep(seconds)
         chaos.ledger.faults.append("clocks +300 s and -300 s")
