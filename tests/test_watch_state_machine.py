@@ -4,15 +4,12 @@ Hypothesis drives another program's writes to three watched keys: new lives and 
 (``SET … PX``, ``PEXPIRE``, keys arriving by ``RENAME``, ``COPY`` and ``RESTORE``), lives
 without a time-to-live (``SET``, ``PERSIST``), removals (``DEL``, ``UNLINK``, ``GETDEL``, ``MOVE``,
 ``RENAME`` away, also onto another watched key), races with a key's deadline, and the workers'
-faults: SIGSTOP stalls shorter than the lease with writes during them, after which the worker's
-wall clock is stepped (a resumed VM), and a SIGKILL or SIGTERM of a worker (with or without a
-replacement). Real
-``delayq worker`` processes (tests/watch_state_app.py) run on a server of the test's own.
+faults: SIGSTOP stalls shorter than the lease with writes during them (among them expiries
+followed by a new write before the leader runs again), after which the worker's wall clock is
+stepped (a resumed VM), and a SIGKILL or SIGTERM of a worker (with or without a replacement).
+Real ``delayq worker`` processes (tests/watch_state_app.py) run on a server of the test's own.
 
-Every write runs in a MULTI with an ``EXISTS`` of the key first, so the model learns whether the
-key's previous life was still there: a life with a time-to-live that is gone has expired. The
-model keeps each key's lives (the deadline of each, within the operation's ``[t0, t1]`` plus its
-time-to-live, by the shared clock) and how each ended:
+The model (tests/watch_model.py) keeps each key's lives, the deadline of each and how it ended:
 
 - a life that expired fires exactly once, never before its deadline;
 - a life removed, replaced or refreshed fires never;
@@ -35,7 +32,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,15 +51,11 @@ from delayq import Delayq, EmbeddedServer
 from tests import clockstep
 from tests.conftest import WorkerProcess, wait_until
 from tests.test_faults import wait_drained
+from tests.watch_model import EPS_MS, OPS, Lives, Write
 
-EPS_MS = 3.0
 LIVE_MS = 6000.0  # an expiry outside a gap fires within this of a calm moment (loaded machine)
 LEASE_S = 4.0  # --watch-lease: stalls stay well under it, so a stalled leader keeps it
 KEYS = ["a", "b", "c"]
-TTL_OPS = ["set_px", "pexpire", "rename_in", "copy_in", "restore_in"]
-OTHER_OPS = ["set_keep", "persist", "del", "unlink", "getdel", "move", "rename_away",
-             "rename_onto"]  # fmt: skip
-OPS = TTL_OPS + OTHER_OPS
 MAX_STOPS = 1  # worker kills or terminations per example
 SKEWS_S = [-300, -120, -30, 0, 30, 120, 300]
 
@@ -71,34 +64,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def now_ms() -> float:
     return clockstep.true_ms()
-
-
-@dataclass
-class Life:
-    """One life of a watched key: from the write that gave it a value to its end."""
-
-    lo: float  # its deadline lies in [lo, hi] (local = server ms); inf: no time-to-live
-    hi: float
-    maybe: bool  # touched in a gap: it may fire once or not at all
-    end: str | None = None  # None (the key's current life), "expired" or "removed"
-
-    def fires_at_most(self, now: float) -> int:
-        if self.end == "expired" or self.maybe:
-            return 1
-        return int(self.end is None and now >= self.lo - EPS_MS)
-
-
-@dataclass
-class Key:
-    name: str
-    lives: list[Life] = field(default_factory=list)
-    firings: list[float] = field(default_factory=list)  # fired ms (server), one per delivery
-    deliveries: set[str] = field(default_factory=set)
-
-    @property
-    def current(self) -> Life | None:
-        life = self.lives[-1] if self.lives else None
-        return life if life is not None and life.end is None else None
 
 
 @dataclass
@@ -131,19 +96,19 @@ class WatchMachine(RuleBasedStateMachine):
         self.app = Delayq(server.url, namespace=self.namespace)
         self.client = redis.Redis.from_url(server.url)
         self.other_db = redis.Redis.from_url(server.url.removesuffix("/0") + "/1")
-        self.keys = {name: Key(name) for name in KEYS}
         self.tmp = f"{self.prefix}:tmp"
         self.client.set(self.tmp, "dump")
         self.dump: bytes = self.client.dump(self.tmp)  # type: ignore[assignment]
         self.client.delete(self.tmp)
         self.workers: list[Up] = []
-        self.gaps: list[list[float]] = []  # [start, end]; end is inf while open
         self.calm_since = now_ms()
         self.rows_seen = 0
         self.reruns = 0
         self.values = 0
         self.t_zero = now_ms()
         self.events: list[str] = []
+        self.model = Lives(KEYS, self.t_zero, self.note, self.expect)
+        self.keys = self.model.keys
         self.counts: collections.Counter[str] = collections.Counter()
         try:
             self._start_worker()
@@ -160,29 +125,15 @@ class WatchMachine(RuleBasedStateMachine):
     def fail(self, text: str) -> None:
         tails = "\n".join(f"--- worker {w.pid} ---\n{w.proc.output()[-1500:]}"
                           for w in self.workers)  # fmt: skip
-        lives = "\n".join(f"{k.name}: lives {self.show(k.lives)} firings "
+        lives = "\n".join(f"{k.name}: lives {self.model.show(k.lives)} firings "
                           f"{[round(f - self.t_zero) for f in k.firings]}"
                           for k in self.keys.values())  # fmt: skip
         raise AssertionError(f"{text}\n{lives}\n--- events (ms since start) ---\n"
                              + "\n".join(self.events[-60:]) + f"\n{tails}")  # fmt: skip
 
-    def show(self, lives: list[Life]) -> list[str]:
-        def ms(t: float) -> str:
-            return "inf" if math.isinf(t) else f"{t - self.t_zero:.0f}"
-
-        return [f"[{ms(x.lo)},{ms(x.hi)}]{x.end or 'open'}{'?' if x.maybe else ''}"
-                for x in lives]  # fmt: skip
-
     def expect(self, ok: bool, text: str) -> None:
         if not ok:
             self.fail(text)
-
-    @property
-    def in_gap(self) -> bool:
-        return bool(self.gaps) and math.isinf(self.gaps[-1][1])
-
-    def touches_gap(self, lo: float, hi: float) -> bool:
-        return any(lo <= end + 50 and hi >= start - 50 for start, end in self.gaps)
 
     def alive(self) -> list[Up]:
         return [w for w in self.workers if w.stopped_at is None]
@@ -221,13 +172,13 @@ class WatchMachine(RuleBasedStateMachine):
         return int(self.client.pubsub_numpat()) == 1 and self.leader() is not None
 
     def _close_gap(self) -> None:
-        if not self.gaps or self.in_gap:
+        if not self.model.gaps or self.model.in_gap:
             deadline = time.monotonic() + 30
             while not self._subscribed_leader():
                 self.expect(time.monotonic() < deadline, "no worker leads the watched keys")
                 time.sleep(0.02)
-            if self.in_gap:
-                self.gaps[-1][1] = now_ms()
+            if self.model.in_gap:
+                self.model.gaps[-1][1] = now_ms()
                 self.note("gap closed")
         self.calm_since = now_ms()
 
@@ -236,113 +187,29 @@ class WatchMachine(RuleBasedStateMachine):
     def write(self, name: str, op: str, ttl: int) -> None:
         """Apply ``op`` to the watched key ``name`` and fold the outcome into the model."""
         key, other = self.keys[name], self.keys[KEYS[(KEYS.index(name) + 1) % len(KEYS)]]
-        full, other_full = self.full(name), self.full(other.name)
         self.values += 1
-        value = f"v{self.values}"
+        write = Write(op, self.full(name), self.full(other.name), self.tmp, f"v{self.values}", ttl)
         if op == "move":
-            self.other_db.delete(full)  # MOVE refuses a key that exists in the target
+            self.other_db.delete(write.full)  # MOVE refuses a key that exists in the target
         pipe = self.client.pipeline(transaction=True)
-        pipe.exists(full)
-        pipe.exists(other_full)
-        self.queue(pipe, op, full, other_full, value, ttl)
-        self.resolve_by_time(key)
-        self.resolve_by_time(other)
-        gap = self.in_gap
+        pipe.exists(write.full)
+        pipe.exists(write.other)
+        write.queue(pipe, self.dump)
+        self.model.resolve_by_time(key, now_ms())
+        self.model.resolve_by_time(other, now_ms())
+        gap = self.model.in_gap
         t0 = now_ms()
         replies = pipe.execute(raise_on_error=False)
         t1 = now_ms()
         existed, other_existed = bool(replies[0]), bool(replies[1])
-        self.learn(key, existed, t0, t1, f"{op} {name}")
+        self.model.learn(key, existed, t0, t1, f"{op} {name}")
         if op == "rename_onto":
-            self.learn(other, other_existed, t0, t1, f"{op} {name} -> {other.name}")
-        self.apply(key, other, op, existed, ttl, t0, t1, gap)
+            self.model.learn(other, other_existed, t0, t1, f"{op} {name} -> {other.name}")
+        self.model.apply(key, other, write, existed, t0, t1, gap)
         self.counts[op] += 1
 
     def full(self, name: str) -> str:
         return f"{self.prefix}:w:{name}"
-
-    def queue(self, pipe: Any, op: str, full: str, other: str, value: str, ttl: int) -> None:
-        commands: dict[str, Callable[[], Any]] = {
-            "set_px": lambda: pipe.set(full, value, px=ttl),
-            "pexpire": lambda: pipe.pexpire(full, ttl),
-            "rename_in": lambda: (pipe.set(self.tmp, value, px=ttl), pipe.rename(self.tmp, full)),
-            "copy_in": lambda: (pipe.set(self.tmp, value, px=ttl),
-                                pipe.copy(self.tmp, full, replace=True), pipe.delete(self.tmp)),
-            "restore_in": lambda: pipe.restore(full, ttl, self.dump, replace=True),
-            "set_keep": lambda: pipe.set(full, value),
-            "persist": lambda: pipe.persist(full),
-            "del": lambda: pipe.delete(full),
-            "unlink": lambda: pipe.unlink(full),
-            "getdel": lambda: pipe.getdel(full),
-            "move": lambda: pipe.move(full, 1),
-            "rename_away": lambda: (pipe.rename(full, self.tmp), pipe.delete(self.tmp)),
-            "rename_onto": lambda: pipe.rename(full, other),
-        }  # fmt: skip
-        commands[op]()
-
-    def resolve_by_time(self, key: Key) -> None:
-        """A life whose whole deadline window has passed has expired, whatever comes next."""
-        life = key.current
-        if life is not None and now_ms() > life.hi + EPS_MS:
-            self.end(key, life, "expired")
-
-    def learn(self, key: Key, existed: bool, t0: float, t1: float, op: str) -> None:
-        """What the ``EXISTS`` before the write says of the key's previous life."""
-        life = key.current
-        if life is None:
-            self.expect(not existed, f"{op}: the key exists, but the model has no life for it")
-        elif existed:
-            self.expect(t0 <= life.hi + EPS_MS, f"{op}: the key outlived its deadline")
-        else:
-            self.expect(t1 >= life.lo - EPS_MS, f"{op}: the key was gone before its deadline")
-            self.end(key, life, "expired")
-
-    def end(self, key: Key, life: Life, how: str) -> None:
-        life.end = how
-        if how == "expired" and self.touches_gap(life.lo, life.hi):
-            life.maybe = True
-        self.note(f"{key.name}: life {self.show([life])[0]}")
-
-    def begin(self, key: Key, lo: float, hi: float, gap: bool) -> None:
-        key.lives.append(Life(lo, hi, gap))
-        self.note(f"{key.name}: new life {self.show([key.lives[-1]])[0]}")
-
-    def retime(self, key: Key, lo: float, hi: float, gap: bool) -> None:
-        """The current life goes on with another deadline (a refresh, or none at all)."""
-        life = key.current
-        assert life is not None
-        if gap:  # a lost refresh may look like an expiry followed by a new life
-            life.maybe = True
-            self.end(key, life, "removed")
-            self.begin(key, lo, hi, gap)
-        else:
-            life.lo, life.hi = lo, hi
-
-    def apply(self, key: Key, other: Key, op: str, existed: bool, ttl: int, t0: float,
-              t1: float, gap: bool) -> None:  # fmt: skip
-        window = (t0 + ttl, t1 + ttl)
-        if op in ("set_px", "rename_in", "copy_in", "restore_in") or (op == "pexpire" and existed):
-            self.retime(key, *window, gap) if existed else self.begin(key, *window, gap)
-        elif op == "set_keep" or (op == "persist" and existed):
-            self.retime(key, math.inf, math.inf, gap) if existed else self.begin(
-                key, math.inf, math.inf, gap
-            )
-        elif existed and op in ("del", "unlink", "getdel", "move", "rename_away", "rename_onto"):
-            life = key.current
-            assert life is not None
-            if op == "rename_onto":
-                self.move_life(life, other, gap)
-            life.maybe = life.maybe or gap
-            self.end(key, life, "removed")
-
-    def move_life(self, life: Life, other: Key, gap: bool) -> None:
-        """RENAME onto another watched key: that key's life (if any) is replaced, and it takes
-        on the renamed key's deadline."""
-        replaced = other.current
-        if replaced is not None:
-            replaced.maybe = replaced.maybe or gap
-            self.end(other, replaced, "removed")
-        self.begin(other, life.lo, life.hi, gap)
 
     # -- rules ----------------------------------------------------------------------------------
 
@@ -443,8 +310,8 @@ class WatchMachine(RuleBasedStateMachine):
     def stop_worker(self, i: int, kill: bool, replace: bool) -> None:
         """SIGKILL or SIGTERM a worker; a new one starts at once, or later (start_worker)."""
         up = self.alive()[i % len(self.alive())]
-        if up is self.leader() and not self.in_gap:
-            self.gaps.append([now_ms(), math.inf])
+        if up is self.leader() and not self.model.in_gap:
+            self.model.gaps.append([now_ms(), math.inf])
         up.stopped_at = now_ms()
         if kill:
             up.proc.kill()
@@ -455,7 +322,7 @@ class WatchMachine(RuleBasedStateMachine):
         self.counts["kills" if kill else "terminations"] += 1
         if replace:
             self._start_worker()
-        if self.alive() and self.in_gap:
+        if self.alive() and self.model.in_gap:
             self._close_gap()  # the other worker takes the lease over
 
     @precondition(lambda self: len(self.alive()) < 2)
@@ -487,7 +354,7 @@ class WatchMachine(RuleBasedStateMachine):
             self.note(f"{name} fired at {float(fired_text) - self.t_zero:.0f}")
         waiting = []
         for key in self.keys.values():
-            self.resolve_by_time(key)
+            self.model.resolve_by_time(key, now)
             most = sum(life.fires_at_most(now) for life in key.lives)
             self.expect(
                 len(key.firings) <= most,
@@ -500,7 +367,7 @@ class WatchMachine(RuleBasedStateMachine):
                             f"before the deadline {lo - self.t_zero:.0f}")  # fmt: skip
             must = [x for x in key.lives if x.end == "expired" and not x.maybe]
             late = [x for x in must if max(x.hi, self.calm_since) + LIVE_MS < now]
-            if not self.in_gap:
+            if not self.model.in_gap:
                 self.expect(len(key.firings) >= len(late),
                             f"{key.name}: {len(late)} expiries due long ago, "
                             f"{len(key.firings)} firings")  # fmt: skip
@@ -556,7 +423,7 @@ class WatchMachine(RuleBasedStateMachine):
         self.expect(not lost, f"workers {lost} lost the lease they held: a stall outlived it")
         self.counts.update(examples=1, lives=sum(len(k.lives) for k in self.keys.values()),
                            firings=sum(len(k.firings) for k in self.keys.values()),
-                           gaps=len(self.gaps), reruns=self.reruns)  # fmt: skip
+                           gaps=len(self.model.gaps), reruns=self.reruns)  # fmt: skip
         TOTALS.update(self.counts)
 
 

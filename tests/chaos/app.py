@@ -63,7 +63,7 @@ def record(kind: str, tag: str, extra: str = "") -> None:
     ran_ms = int(clockstep.true_ms())  # the true clock
     fields = (kind, tag, job.timer_id, job.delivery_id, job.attempt, job.due_ms, job.fired_ms,
               ran_ms, os.getpid(), extra)  # fmt: skip
-    line = "|".join(str(f) for f in fields) + "\n"
+    line = "|".join(str(f).replace("|", "/") for f in fields) + "\n"  # watch ids hold a |
     fd = os.open(f"{RUNS_DIR}/runs-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         os.write(fd, line.encode())

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +99,8 @@ class Chaos:
                             "--concurrency", str(concurrency),
                             "--shutdown-timeout", "5")  # fmt: skip
         self.workers: list[WorkerProcess] = []
+        self.app_spec = "tests.chaos.app:app"  # the workers' app
+        self.expiries: dict[str, int] = {}  # watched key's device -> expiries (must fire once)
         self.delayed_due: dict[str, int] = {}  # tag -> deadline (server ms)
         self.touches: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (seq, due ms)
         self.retried_operations = 0
@@ -117,7 +119,7 @@ class Chaos:
     ) -> WorkerProcess:
         n = next(self._serial)
         proc = WorkerProcess(
-            "tests.chaos.app:app", self.server.url, self.namespace, *self.worker_args,
+            self.app_spec, self.server.url, self.namespace, *self.worker_args,
             cwd=ROOT, log_path=self.workdir / f"worker-{n}.log",
             env={"CHAOS_DIR": str(self.runs_dir), **(env or {})},
         ).start()  # fmt: skip
@@ -231,7 +233,9 @@ class Chaos:
         with self._lock:
             want_delayed = set(self.delayed_due)
             want_debounced = {f"{k}:{touches[-1][0]}" for k, touches in self.touches.items()}
-        return want_delayed <= done["delayed"] and want_debounced <= done["debounced"]
+        watched = Counter(r.tag for r in self.runs() if r.kind == "watched")
+        return (want_delayed <= done["delayed"] and want_debounced <= done["debounced"]
+                and all(watched[tag] >= n for tag, n in self.expiries.items()))  # fmt: skip
 
     def leftovers(self) -> dict[str, int]:
         k = self.producer.keys
@@ -271,6 +275,11 @@ class Chaos:
             ledger.duplicates += max(0, len(firsts) - 1)
         for key, touches in self.touches.items():
             self.account_debounced(key, touches, by_tag.pop(("debounced", key), []))
+        for device, expiries in self.expiries.items():
+            firsts = self.account_firings(device, by_tag.pop(("watched", device), []),
+                                          cycles=expiries)  # fmt: skip
+            ledger.duplicates += max(0, len(firsts) - expiries)
+            ledger.lost += max(0, expiries - len(firsts)) if firsts else 0
         ticks = {tag: runs for (kind, tag), runs in by_tag.items() if kind == "periodic"}
         unexpected = [key for key in by_tag if key[0] != "periodic"]
         self.account_ticks(ticks)

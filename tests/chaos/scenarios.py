@@ -7,7 +7,9 @@ poll with a deadline (``Chaos.drain``).
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +18,8 @@ from pathlib import Path
 import redis
 
 from delayq import EmbeddedServer
+from tests import clockstep
+from tests.chaos.churn import Churn
 from tests.chaos.harness import Chaos, Ledger, rss_kb, wait_ready
 
 Scenario = Callable[[Path, bool], Ledger]
@@ -158,6 +162,83 @@ def clock_skew(workdir: Path, full: bool) -> Ledger:
         return ledger
 
 
+def clock_steps(workdir: Path, full: bool) -> Ledger:
+    """Two workers whose wall clocks are stepped back and forth by up to 2 minutes while they
+    run (NTP steps, resumed VMs), beside 50,000 unrelated keys with a time-to-live, among which
+    the server's own expiry cycle finds due shadow keys late: timers must fire from the deadline
+    loop, by the server's clock, not from expiry hints."""
+    seconds = 40.0 if full else 10.0
+    rng = random.Random(17)
+    with world("worker clock steps", workdir) as chaos:
+        add_unrelated_ttl_keys(chaos.client, 50_000)
+        files = [workdir / f"clock-{n}" for n in range(2)]
+        workers = []
+        for clock_file in files:
+            clock_file.write_text("0")
+            workers.append(chaos.start_worker(env={"CLOCK_STEP_FILE": str(clock_file)}))
+        steps = 0
+        with chaos.traffic(rate=100):
+            began = time.monotonic()
+            while time.monotonic() - began < seconds:
+                n = rng.randrange(2)
+                assert workers[n].pid is not None
+                clockstep.step(workers[n].pid, files[n], rng.choice([-120, -30, 0, 30, 120]))
+                steps += 1
+                time.sleep(rng.uniform(0.5, 1.5))
+        chaos.ledger.faults.append(f"{steps} clock steps of up to 120 s, 50k TTL keys")
+        ledger = chaos.settle()
+        ledger.check(ledger.worst_ms() < 1000, f"{ledger.worst_ms()} ms late with stepped clocks")
+        return ledger
+
+
+def add_unrelated_ttl_keys(client: redis.Redis, count: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        pipe.set(f"noise:{i}", "x", ex=3600)
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+
+
+def watch_churn(workdir: Path, full: bool) -> Ledger:
+    """Another program's heartbeats on 20 watched keys (re-SET, DEL, MOVE, RENAME away, SET
+    without and PERSIST of the time-to-live), among ordinary traffic, while a worker, the watch
+    leader or not, is stopped (SIGSTOP) for up to 2 s at random: each expiry fires once, no
+    removal or refresh fires, and no watch timer is left."""
+    seconds = 40.0 if full else 12.0
+    rng = random.Random(23)
+    with world("watched-key churn, stalls", workdir) as chaos:
+        chaos.app_spec = "tests.chaos.watch_app:app"
+        workers = [chaos.start_worker() for _ in range(2)]
+        stalls = 0
+        churn = Churn(chaos.server.url)
+        try:
+            with chaos.traffic(rate=50), churn:
+                began = time.monotonic()
+                while time.monotonic() - began < seconds:
+                    time.sleep(rng.uniform(0.5, 1.5))
+                    stalled = rng.choice(workers)
+                    assert stalled.pid is not None
+                    os.kill(stalled.pid, signal.SIGSTOP)
+                    try:
+                        time.sleep(rng.uniform(0.3, 2.0))
+                    finally:
+                        os.kill(stalled.pid, signal.SIGCONT)
+                    stalls += 1
+            churn.finish()
+            chaos.expiries = dict(churn.expiries)
+            ledger = chaos.settle()
+        finally:
+            churn.close()
+        writes = ", ".join(f"{n} {op}" for op, n in churn.writes.most_common())
+        ledger.faults.append(f"{stalls} worker stalls of up to 2 s, watched keys churned")
+        ledger.figures.append(f"watched keys: {sum(churn.expiries.values())} expiries; {writes}")
+        left = int(chaos.client.zcard(chaos.producer.keys.watch_index))
+        ledger.check(left == 0, f"{left} watch timer(s) left behind")
+        ledger.check(sum(churn.expiries.values()) > 0, "no watched key expired")
+        return ledger
+
+
 def hanging_job(workdir: Path, full: bool) -> Ledger:
     """Jobs that never return, on one worker of 4 slots, among ordinary traffic: each times out
     (``timeout=1``), is retried once and dead-lettered; the other jobs keep running on time."""
@@ -255,6 +336,8 @@ SCENARIOS: dict[str, Scenario] = {
     "listener-freeze": listener_kills_and_freezes,
     "eight-workers": eight_workers,
     "clock-skew": clock_skew,
+    "clock-steps": clock_steps,
+    "watch-churn": watch_churn,
     "hanging-job": hanging_job,
     "memory-full": memory_full,
     "soak": soak,
