@@ -56,6 +56,7 @@ from tests.watch_model import EPS_MS, OPS, Lives, Write
 LIVE_MS = 6000.0  # an expiry outside a gap fires within this of a calm moment (loaded machine)
 LEASE_S = 4.0  # --watch-lease: stalls stay well under it, so a stalled leader keeps it
 KEYS = ["a", "b", "c"]
+VISIBILITY_S = 3  # longer than the longest stall, or running jobs would be taken over
 MAX_STOPS = 1  # worker kills or terminations per example
 SKEWS_S = [-300, -120, -30, 0, 30, 120, 300]
 
@@ -151,7 +152,10 @@ class WatchMachine(RuleBasedStateMachine):
         clock_file = self.workdir / f"clock-{len(self.workers)}"
         clock_file.write_text("0")
         proc = WorkerProcess(
+            # A job held by a killed worker runs again after the visibility timeout: short,
+            # so that an expiry fired just before a kill still fires within LIVE_MS.
             self.server.url, self.namespace, "--watch-lease", str(LEASE_S),
+            "--visibility-timeout", str(VISIBILITY_S),
             app="tests.watch_state_app:app",
             env={"WATCH_SM_PREFIX": self.prefix, "CLOCK_STEP_FILE": str(clock_file)},
         ).start()  # fmt: skip
