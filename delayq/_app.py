@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
-import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from delayq._calls import Call, Flow, command
 from delayq._connection import redact_url, tls_failure
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._errors import ConfigurationError
-from delayq._keys import KEY_ROOT, Keys, check_timer_id, matches_own_keys
+from delayq._keys import KEY_ROOT, Keys, matches_own_keys
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
-from delayq._store import (
-    Armed,
-    DeadLetter,
-    ScheduleRequest,
-    TimerStore,
-    Touched,
-    TouchRequest,
-    try_decode,
-)
+from delayq._producer import Producer
+from delayq._runners import AsyncRunner, SyncRunner
+from delayq._store import StoreCalls
 from delayq._task import RetryPolicy, Task, TaskOptions, default_task_name
-from delayq._timer import Timer
 from delayq._watch import Watcher, WatchSpec
-from delayq._when import Delay, delay_seconds, resolve_when
+from delayq._when import Delay, delay_seconds
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAX_PAYLOAD = 512 * 1024
@@ -90,8 +87,12 @@ def build_options(
     return Delayq._options(fn, name, policy, delay, timeout)
 
 
-class Delayq:
-    """A delayq application. Constructing it does no I/O; the client connects on first use."""
+class Delayq(Producer):
+    """A delayq application. Constructing it does no I/O; the client connects on first use.
+
+    Synchronous calls and their awaitable twins (``aschedule_many``...) may be used on one app:
+    each side has a connection pool of its own (the asyncio one per event loop).
+    """
 
     def __init__(
         self,
@@ -125,7 +126,9 @@ class Delayq:
         self.tasks = TaskRegistry()
         self.watchers: dict[str, Watcher[Any, Any]] = {}
         self.periodics: dict[str, Periodic[Any, Any]] = {}
-        self._store: TimerStore | None = None
+        self._store: StoreCalls | None = None
+        self._sync: SyncRunner | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, AsyncRunner] | None = None
 
     def __repr__(self) -> str:
         return f"<Delayq namespace={self.namespace!r} url={redact_url(self.url)!r}>"
@@ -136,21 +139,44 @@ class Delayq:
 
     def override(self, *, url: str | None = None, namespace: str | None = None) -> None:
         """Change where the app points (e.g. from CLI options) before it first connects."""
-        if self._store is not None:
+        if self._sync is not None or self._async is not None:
             raise ConfigurationError("cannot change url or namespace after the app connected")
         if url:
             self.url = url
         if namespace is not None:
             self.keys = Keys(namespace)
+            self._store = None
 
     # -- connection ---------------------------------------------------------------------------
 
     @property
-    def store(self) -> TimerStore:
+    def store(self) -> StoreCalls:
+        """The calls this app sends (built without I/O; the runners send them)."""
         if self._store is None:
-            client = redis.Redis.from_url(self.url, **self.redis_options)
-            self._store = TimerStore(client, self.keys, max_payload_bytes=self.max_payload_bytes)
+            self._store = StoreCalls(self.keys, max_payload_bytes=self.max_payload_bytes)
         return self._store
+
+    def _runner(self) -> SyncRunner:
+        if self._sync is None:
+            self._sync = SyncRunner.from_url(self.url, self.redis_options)
+        return self._sync
+
+    def _arunner(self) -> AsyncRunner:
+        # An asyncio connection belongs to the loop that opened it: a new loop (another
+        # asyncio.run) gets a pool of its own. (``async with app`` closes each loop's pool.)
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, AsyncRunner.from_url(self.url, self.redis_options))
+        return self._async[1]
+
+    def _run(self, step: Call[T] | Flow[T]) -> T:
+        return self._runner().run(step)
+
+    async def _arun(self, step: Call[T] | Flow[T]) -> T:
+        return await self._arunner().run(step)
+
+    def _task(self, name: str) -> Task[Any, Any] | None:
+        return self.tasks.get(name)
 
     def connect(self) -> None:
         """Check the server answers (the first command would connect anyway).
@@ -159,17 +185,47 @@ class Delayq:
         message that says so and names the redacted URL, instead of a bare socket error.
         """
         try:
-            self.store.client.ping()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            problem = tls_failure(exc, self.url)
-            if problem is None:
-                raise
-            raise type(exc)(problem) from exc
+            self._run(command("PING"))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise self._explained(exc) from exc
+
+    async def aconnect(self) -> None:
+        """``connect`` for asyncio code."""
+        try:
+            await self._arun(command("PING"))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise self._explained(exc) from exc
+
+    def _explained(self, exc: RedisConnectionError | RedisTimeoutError) -> Exception:
+        problem = tls_failure(exc, self.url)
+        return exc if problem is None else type(exc)(problem)
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.client.close()
-            self._store = None
+        """Close the synchronous connection pool (the next call opens a new one)."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        """Close the asyncio connection pool (the next awaited call opens a new one)."""
+        if self._async is not None:
+            loop, runner = self._async
+            self._async = None
+            if loop is asyncio.get_running_loop():  # a pool of a closed loop cannot be closed
+                await runner.close()
+
+    def __enter__(self) -> Delayq:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Delayq:
+        await self.aconnect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # -- decorators ---------------------------------------------------------------------------
 
@@ -407,108 +463,3 @@ class Delayq:
     def register(self, task: Task[Any, Any]) -> None:
         """Make a task declared elsewhere (e.g. with ``delayq.task``) known to this app."""
         self.tasks.add(task)
-
-    # -- producer API -------------------------------------------------------------------------
-
-    def _timer(self, armed: Armed) -> Timer:
-        timer = Timer(
-            self, armed.timer_id, due_ms=armed.due_ms, raw_payload=armed.payload,
-            created=armed.created,
-            duration_ms=max(0, armed.due_ms - armed.now_ms) if armed.created else None,
-        )  # fmt: skip
-        if armed.due_ms < 0:  # the id is taken by a paused timer
-            timer.paused_left_ms = self.store.lookup(armed.timer_id).paused_left_ms
-        return timer
-
-    def arm(self, request: ScheduleRequest) -> Timer:
-        """Store one prepared timer (see ``Task.prepare``)."""
-        return self._timer(self.store.schedule(request))
-
-    def schedule_many(
-        self, requests: Iterable[ScheduleRequest], *, chunk: int = 1000
-    ) -> list[Timer]:
-        """Arm many timers, one round trip per ``chunk``; every request is validated first."""
-        reqs = list(requests)
-        return [self._timer(armed) for armed in self.store.schedule_many(reqs, chunk=chunk)]
-
-    def touch(self, request: TouchRequest) -> Timer:
-        """Store one prepared touch (see ``Debounced.prepare_touch``)."""
-        return self._touched(request, self.store.touch(request))
-
-    def touch_many(self, requests: Iterable[TouchRequest], *, chunk: int = 1000) -> list[Timer]:
-        """Apply many touches, one round trip per ``chunk``, in order."""
-        reqs = list(requests)
-        touched = self.store.touch_many(reqs, chunk=chunk)
-        return [self._touched(r, t) for r, t in zip(reqs, touched, strict=True)]
-
-    def _touched(self, request: TouchRequest, touched: Touched) -> Timer:
-        return Timer(self, request.timer_id, due_ms=touched.due_ms, raw_payload=request.payload,
-                     created=touched.new_cycle == 1, duration_ms=request.window_ms)  # fmt: skip
-
-    def timer(self, timer_id: str) -> Timer | None:
-        """The pending timer with this id, or None (never existed, cancelled or fired)."""
-        check_timer_id(timer_id)
-        found = self.store.lookup(timer_id)
-        if found.raw_payload is None:
-            return None
-        if found.paused_left_ms is not None:
-            return Timer(self, timer_id, due_ms=-1, raw_payload=found.raw_payload,
-                         created=False, paused_left_ms=found.paused_left_ms,
-                         duration_ms=found.duration_ms)  # fmt: skip
-        if found.due_ms is None:
-            return None  # a data key without an index entry: the sweeper will repair it
-        return Timer(self, timer_id, due_ms=found.due_ms, raw_payload=found.raw_payload,
-                     created=False, duration_ms=found.duration_ms)  # fmt: skip
-
-    def cancel(self, timer_id: str) -> bool:
-        return self.store.cancel(check_timer_id(timer_id))
-
-    def reschedule(
-        self, timer_id: str, *, delay: Delay | None = None, at: dt.datetime | None = None
-    ) -> bool:
-        timer = self.timer(timer_id)
-        return timer is not None and timer.reschedule(delay=delay, at=at)
-
-    def timers(
-        self, *, limit: int = 100, task: str | None = None, due_before: dt.datetime | None = None
-    ) -> list[Timer]:
-        """Pending timers, earliest first (then paused ones), optionally of one task only."""
-        before = None if due_before is None else resolve_when(None, due_before, 0).ms
-        timers = []
-        for found in self.store.pending(limit=limit, due_before_ms=before):
-            timer = Timer(self, found.timer_id, due_ms=found.due_ms if found.due_ms is not None
-                          else -1, raw_payload=found.raw_payload, created=False)  # fmt: skip
-            if found.due_ms is None:
-                timer.paused_left_ms = self.store.lookup(found.timer_id).paused_left_ms
-            if task is None or try_decode_task(found.raw_payload) == task:
-                timers.append(timer)
-        return timers
-
-    def debounce_window_ms(self, task_name: str) -> int | None:
-        """The window of a debounced task of this app, or None."""
-        task = self.tasks.get(task_name)
-        return task.debounce.window_ms if isinstance(task, Debounced) else None
-
-    def pending_count(self) -> int:
-        """Pending timers, watch timers (on_expire) included; paused ones are not counted."""
-        return self.store.pending_count()
-
-    def stats(self) -> dict[str, int]:
-        return self.store.stats()
-
-    # -- dead letters -------------------------------------------------------------------------
-
-    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
-        return self.store.dead_letters(count)
-
-    def retry_dead(self, letter: DeadLetter) -> bool:
-        """Arm a dead letter again, due now with its attempts reset. False if it is gone."""
-        return self.store.redrive(letter) == 1
-
-    def purge_dead(self, entry_ids: list[str] | None = None) -> int:
-        return self.store.purge_dead(entry_ids)
-
-
-def try_decode_task(raw: bytes) -> str | None:
-    payload = try_decode(raw)
-    return None if payload is None else payload.task

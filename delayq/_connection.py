@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 
-import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 def redact_url(url: str) -> str:
@@ -84,5 +84,5 @@ def _is_tls_error(exc: BaseException) -> bool:
 
 def _is_closed(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionResetError | BrokenPipeError) or (
-        isinstance(exc, redis.ConnectionError) and "Connection closed by server" in str(exc)
+        isinstance(exc, RedisConnectionError) and "Connection closed by server" in str(exc)
     )

@@ -129,3 +129,7 @@ class Debounced(Task[P, R]):
     def touch(self, *args: Any, **kwargs: Any) -> Timer:
         """Arm this key's timer, or re-arm it: it fires ``seconds`` after the last touch."""
         return self.app.touch(self.prepare_touch(*args, **kwargs))
+
+    async def atouch(self, *args: Any, **kwargs: Any) -> Timer:
+        """``touch`` for asyncio code."""
+        return await self.app.atouch(self.prepare_touch(*args, **kwargs))

@@ -1,13 +1,16 @@
-"""The Lua scripts, read once from the package's ``lua/`` folder and registered per client."""
+"""The Lua scripts, read once from the package's ``lua/`` folder, each with the shared prelude.
+
+``prelude.lua`` holds what several scripts need (the server's time, GRACE, arming a timer,
+settling a delivery); it is placed after each script's first line (its ``#!lua`` flags line).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 
-import redis
-import redis.asyncio as aredis
-from redis.commands.core import AsyncScript, Script
+from delayq._keys import SHADOW_GRACE_MS
 
 NAMES = (
     "schedule",
@@ -34,26 +37,31 @@ NAMES = (
 )
 
 
-@cache
-def source(name: str) -> str:
+def _read(name: str) -> str:
     return (resources.files("delayq") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
+@cache
+def prelude() -> str:
+    return _read("prelude").replace("@SHADOW_GRACE_MS@", str(SHADOW_GRACE_MS))
+
+
 class Scripts:
-    """Script objects bound to one synchronous client; each loads itself on first NOSCRIPT."""
+    """Each script's full source (prelude included) and SHA1, computed once."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._by_name = {name: client.register_script(source(name)) for name in NAMES}
+    @cache  # noqa: B019 - one module-level instance, for the life of the process
+    def source(self, name: str) -> str:
+        if name not in NAMES:
+            raise KeyError(f"no script named {name!r}")
+        own = _read(name)
+        flags, newline, body = own.partition("\n")
+        if not flags.startswith("#!"):
+            raise ValueError(f"{name}.lua must start with its #!lua line")
+        return f"{flags}{newline}{prelude()}{body}"
 
-    def __getitem__(self, name: str) -> Script:
-        return self._by_name[name]
+    @cache  # noqa: B019
+    def sha(self, name: str) -> str:
+        return hashlib.sha1(self.source(name).encode(), usedforsecurity=False).hexdigest()
 
 
-class AsyncScripts:
-    """The same scripts bound to one asyncio client."""
-
-    def __init__(self, client: aredis.Redis) -> None:
-        self._by_name = {name: client.register_script(source(name)) for name in NAMES}
-
-    def __getitem__(self, name: str) -> AsyncScript:
-        return self._by_name[name]
+SCRIPTS = Scripts()

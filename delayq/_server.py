@@ -13,10 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-import redis
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from delayq._calls import command
 from delayq._errors import ConfigurationError
+from delayq._runners import SyncRunner
 
 
 def server_binary() -> Path:
@@ -99,7 +103,7 @@ class EmbeddedServer:
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
-        client = redis.Redis(port=self.port or 0, socket_timeout=1)
+        io = SyncRunner.from_url(f"redis://127.0.0.1:{self.port or 0}/0", {"socket_timeout": 1})
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -110,15 +114,16 @@ class EmbeddedServer:
                     )
                 try:
                     # PING answers during AOF loading with an error; wait until data is loaded.
-                    if client.ping() and client.info("persistence").get("loading") == 0:
+                    info: dict[str, Any] = io.run(command("INFO", "persistence"))
+                    if info.get("loading") == 0:
                         return
-                except (redis.ConnectionError, redis.BusyLoadingError):
+                except (RedisConnectionError, BusyLoadingError):
                     pass
                 if time.monotonic() > deadline:
                     raise ConfigurationError(f"valkey-server did not start within {timeout}s")
                 time.sleep(0.02)
         finally:
-            client.close()
+            io.close()
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server: SIGTERM (data saved as configured) or SIGKILL (a crash)."""

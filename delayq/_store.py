@@ -1,6 +1,8 @@
-"""Synchronous operations on stored timers, used by producers and the CLI.
+"""The producers' side of the protocol: every call a producer or the CLI sends, built and read
+here without I/O (``Delayq`` runs them synchronously or with asyncio, see ``_runners``).
 
-Each method is one round trip (one script, or one pipeline of scripts for a batch).
+Each operation is one round trip: one script, one pipelined batch, or (``lookup``) one
+pipeline of reads.
 """
 
 from __future__ import annotations
@@ -11,21 +13,14 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from redis.exceptions import OutOfMemoryError
-
+from delayq._calls import Batch, Call, Flow, command, script, server_time, text
 from delayq._codec import Payload, decode_payload, reencode
-from delayq._errors import InvalidTimerId, ServerOutOfMemory
+from delayq._errors import InvalidTimerId
 from delayq._keys import WATCH_ID_PREFIX, Keys
-from delayq._scripts import Scripts
 from delayq._when import When
-
-Client = redis.Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,27 +106,7 @@ class DeadLetter:
         return dt.datetime.fromtimestamp(int(self.entry_id.split("-")[0]) / 1000, tz=dt.UTC)
 
 
-def out_of_memory(what: str, *, completed: int = 0) -> ServerOutOfMemory:
-    return ServerOutOfMemory(
-        f"the server's memory is full (used memory above maxmemory, policy noeviction): {what} "
-        "refused, and nothing stored before was changed; pending timers still fire and "
-        "workers free memory as jobs finish",
-        completed=completed,
-    )
-
-
-@contextmanager
-def refused_when_full(what: str) -> Iterator[None]:
-    """Turn the server's OOM refusal of a script that adds work into a ServerOutOfMemory.
-
-    Such scripts are flagged so that the server refuses them before their first write."""
-    try:
-        yield
-    except OutOfMemoryError as exc:
-        raise out_of_memory(what) from exc
-
-
-_STORES: weakref.WeakSet[TimerStore] = weakref.WeakSet()
+_STORES: weakref.WeakSet[StoreCalls] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -142,12 +117,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class TimerStore:
-    def __init__(self, client: Client, keys: Keys, *, max_payload_bytes: int) -> None:
-        self.client = client
+class StoreCalls:
+    """The calls on one namespace's stored timers; pure building and decoding, no I/O."""
+
+    def __init__(self, keys: Keys, *, max_payload_bytes: int) -> None:
         self.keys = keys
         self.max_payload_bytes = max_payload_bytes
-        self.scripts = Scripts(client)
         # Unique names for the debounced cycles a touch may retire (see touch.lua): random per
         # store, then counted, which is cheaper than random bytes for every touch. A forked
         # child gets a prefix of its own, or parent and child would count out the same names.
@@ -159,68 +134,45 @@ class TimerStore:
         self._nonce_prefix = secrets.token_hex(6)
         self._nonces = itertools.count()
 
-    def _schedule_args(self, req: ScheduleRequest) -> tuple[list[str], list[Any]]:
-        k = self.keys
-        keys = [k.shadow(req.timer_id), k.data(req.timer_id), k.index, k.paused]
-        args: list[Any] = [
-            req.timer_id,
-            req.payload,
-            *req.when.as_args(),
-            "1" if req.replace else "0",
-            k.wake_channel,
-        ]
-        return keys, args
+    # -- arming -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _armed(req: ScheduleRequest, reply: list[Any]) -> Armed:
-        created, due, now, stored = reply
-        return Armed(req.timer_id, created == 1, int(due), int(now), stored or req.payload)
+    def schedule(self, req: ScheduleRequest) -> Call[Armed]:
+        k, t = self.keys, req.timer_id
+        keys = [k.shadow(t), k.data(t), k.index, k.paused]
+        args: list[Any] = [t, req.payload, *req.when.as_args(), "1" if req.replace else "0",
+                           k.wake_channel]  # fmt: skip
+        return script("schedule", keys, args, refused=f"timer {t!r} was",
+                      decode=lambda reply: _armed(req, reply))  # fmt: skip
 
-    def schedule(self, req: ScheduleRequest) -> Armed:
-        keys, args = self._schedule_args(req)
-        with refused_when_full(f"timer {req.timer_id!r} was"):
-            reply = self.scripts["schedule"](keys=keys, args=args)
-        return self._armed(req, reply)
+    def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> Batch[Armed]:
+        return Batch([self.schedule(r) for r in reqs], chunk, refused="a batch of")
 
-    def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> list[Armed]:
-        replies = self._batched("schedule", [self._schedule_args(r) for r in reqs], chunk)
-        return [self._armed(r, reply) for r, reply in zip(reqs, replies, strict=True)]
+    def touch(self, req: TouchRequest) -> Call[Touched]:
+        k, t = self.keys, req.timer_id
+        retired = k.retired_cycle_id(t, f"{self._nonce_prefix}{next(self._nonces):x}")
+        keys = [k.shadow(t), k.data(t), k.items(t), k.index, k.first_touch, k.paused,
+                k.data(retired), k.items(retired)]  # fmt: skip
+        args: list[Any] = [t, req.payload, req.window_ms, req.mode, req.max_items,
+                           req.max_wait_ms, k.wake_channel, req.item, retired]  # fmt: skip
+        return script("touch", keys, args, refused=f"touch of timer {t!r} was",
+                      decode=lambda reply: Touched(t, *reply))  # fmt: skip
 
-    def _batched(
-        self, script_name: str, calls: list[tuple[list[str], list[Any]]], chunk: int
-    ) -> list[Any]:
-        """Run one script for many (keys, args), one round trip per ``chunk`` calls."""
-        script = self.scripts[script_name]
-        replies: list[Any] = []
-        for start in range(0, len(calls), chunk):
-            with self.client.pipeline(transaction=False) as pipe:
-                for keys, args in calls[start : start + chunk]:
-                    script(keys=keys, args=args, client=pipe)
-                replies += pipe.execute(raise_on_error=False)
-            errors = [reply for reply in replies if isinstance(reply, Exception)]
-            if errors:
-                raise self._batch_error(errors[0], len(calls), len(replies) - len(errors))
-        return replies
+    def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> Batch[Touched]:
+        return Batch([self.touch(r) for r in reqs], chunk, refused="a batch of")
 
-    @staticmethod
-    def _batch_error(first: Exception, total: int, completed: int) -> Exception:
-        if isinstance(first, OutOfMemoryError):
-            return out_of_memory(
-                f"{total - completed} of a batch of {total} were", completed=completed
-            )
-        return first
+    # -- one timer ----------------------------------------------------------------------------
 
-    def cancel(self, timer_id: str) -> bool:
+    def cancel(self, timer_id: str) -> Call[bool]:
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index_of(timer_id),
                 k.paused, k.first_touch]  # fmt: skip
-        return bool(self.scripts["cancel"](keys=keys, args=[timer_id]))
+        return script("cancel", keys, [timer_id], decode=bool)
 
     def control(
         self, timer_id: str, operation: str, ms: int = 0, *, duration_ms: int = 0
-    ) -> Controlled:
-        """Run one control.lua operation (see its header for what each does); ``duration_ms``
-        is the armed duration to assume if the server no longer knows it."""
+    ) -> Call[Controlled]:
+        """One control.lua operation (see its header for what each does); ``duration_ms`` is
+        the armed duration to assume if the server no longer knows it."""
         if timer_id.startswith(WATCH_ID_PREFIX):
             # Its deadline is the watched key's, read from the key's TTL at every event: a
             # pause or a new deadline would be undone by the key's next write.
@@ -231,42 +183,23 @@ class TimerStore:
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.paused]
         verb = "reschedule" if operation in ("delay", "at") else operation
-        with refused_when_full(f"{verb} of timer {timer_id!r} was"):
-            status, due, now = self.scripts["control"](
-                keys=keys, args=[timer_id, operation, ms, k.wake_channel, duration_ms]
-            )
-        return Controlled(int(status), int(due), int(now))
+        args: list[Any] = [timer_id, operation, ms, k.wake_channel, duration_ms]
+        return script("control", keys, args, refused=f"{verb} of timer {timer_id!r} was",
+                      decode=lambda r: Controlled(int(r[0]), int(r[1]), int(r[2])))  # fmt: skip
 
-    def touch(self, req: TouchRequest) -> Touched:
-        keys, args = self._touch_args(req)
-        with refused_when_full(f"touch of timer {req.timer_id!r} was"):
-            reply = self.scripts["touch"](keys=keys, args=args)
-        return Touched(req.timer_id, *reply)
-
-    def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> list[Touched]:
-        replies = self._batched("touch", [self._touch_args(r) for r in reqs], chunk)
-        return [Touched(r.timer_id, *reply) for r, reply in zip(reqs, replies, strict=True)]
-
-    def _touch_args(self, req: TouchRequest) -> tuple[list[str], list[Any]]:
-        k, t = self.keys, req.timer_id
-        retired = k.retired_cycle_id(t, f"{self._nonce_prefix}{next(self._nonces):x}")
-        keys = [k.shadow(t), k.data(t), k.items(t), k.index, k.first_touch, k.paused,
-                k.data(retired), k.items(retired)]  # fmt: skip
-        args: list[Any] = [t, req.payload, req.window_ms, req.mode, req.max_items,
-                           req.max_wait_ms, k.wake_channel, req.item, retired]  # fmt: skip
-        return keys, args
-
-    def lookup(self, timer_id: str) -> Lookup:
+    def lookup(self, timer_id: str) -> Flow[Lookup]:
         """Where one timer stands, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zscore(self.keys.index_of(timer_id), timer_id)
-        pipe.get(self.keys.data(timer_id))
-        pipe.hget(self.keys.paused, timer_id)
-        pipe.get(self.keys.shadow(timer_id))
-        pipe.time()
+        k = self.keys
+        reads = Batch([
+            command("ZSCORE", k.index_of(timer_id), timer_id),
+            command("GET", k.data(timer_id)),
+            command("HGET", k.paused, timer_id),
+            command("GET", k.shadow(timer_id)),
+            server_time(),
+        ])  # fmt: skip
         local_ms = time.time() * 1000
-        score, raw, paused, shadow, (sec, usec) = pipe.execute()
-        now_ms = sec * 1000 + usec // 1000
+        score, raw, paused, shadow, now_ms = yield reads
+        # The server read its clock about half-way through the round trip.
         self._offset_ms = now_ms - (local_ms + time.time() * 1000) / 2
         if paused is None:
             left = duration = None
@@ -282,53 +215,52 @@ class TimerStore:
         """The server's clock minus this process's, as of the last lookup (0 before any)."""
         return self._offset_ms
 
-    def pending(self, *, limit: int, due_before_ms: int | None = None) -> list[Listed]:
+    # -- listing ------------------------------------------------------------------------------
+
+    def pending(self, *, limit: int, due_before_ms: int | None = None) -> Flow[list[Listed]]:
         """Pending timers, earliest first, then paused ones; payloads fetched in one trip."""
         top: Any = "+inf" if due_before_ms is None else f"({due_before_ms}"
-        rows: list[Any] = []
-        for index in (self.keys.index, self.keys.watch_index):
-            rows += self.client.zrangebyscore(index, "-inf", top, start=0, num=limit,
-                                              withscores=True)  # fmt: skip
-        rows.sort(key=lambda row: row[1])
+        k = self.keys
+        ranges = yield Batch([
+            command("ZRANGEBYSCORE", index, "-inf", top, "LIMIT", 0, limit, "WITHSCORES",
+                    withscores=True, score_cast_func=float)
+            for index in (k.index, k.watch_index)
+        ])  # fmt: skip
+        rows = sorted((row for found in ranges for row in found), key=lambda row: row[1])
         found: list[tuple[str, int | None]] = [(m.decode(), int(s)) for m, s in rows[:limit]]
         if due_before_ms is None and len(found) < limit:
-            paused: dict[bytes, bytes] = self.client.hgetall(self.keys.paused)  # type: ignore[assignment]
+            paused: dict[bytes, bytes] = yield command("HGETALL", k.paused)
             found += [(member.decode(), None) for member in sorted(paused)][: limit - len(found)]
-        pipe = self.client.pipeline(transaction=False)
-        for timer_id, _due in found:
-            pipe.get(self.keys.data(timer_id))
-        raws = pipe.execute() if found else []
+        raws = yield Batch([command("GET", k.data(timer_id)) for timer_id, _due in found])
         return [
             Listed(timer_id, due, raw)
             for (timer_id, due), raw in zip(found, raws, strict=True)
             if raw is not None
         ]
 
-    def pending_count(self) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.keys.index)
-        pipe.zcard(self.keys.watch_index)
-        return sum(int(n) for n in pipe.execute())
+    def pending_count(self) -> Flow[int]:
+        counts = yield Batch([command("ZCARD", self.keys.index),
+                              command("ZCARD", self.keys.watch_index)])  # fmt: skip
+        return sum(int(n) for n in counts)
 
-    def periodic_state(self, task: str) -> dict[str, str]:
-        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.periodic_state(task))  # type: ignore[assignment]
-        return {k.decode(): v.decode() for k, v in raw.items()}
+    def paused_count(self) -> Call[int]:
+        return command("HLEN", self.keys.paused, decode=int)
 
-    def server_time_ms(self) -> int:
-        sec, usec = self.client.time()
-        return int(sec) * 1000 + int(usec) // 1000
+    def periodic_state(self, task: str) -> Call[dict[str, str]]:
+        return command("HGETALL", self.keys.periodic_state(task),
+                       decode=lambda raw: {text(k): text(v) for k, v in raw.items()})  # fmt: skip
 
-    def stats(self) -> dict[str, int]:
-        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.stats)  # type: ignore[assignment]
-        return {k.decode(): int(v) for k, v in raw.items()}
+    def stats(self) -> Call[dict[str, int]]:
+        return command("HGETALL", self.keys.stats,
+                       decode=lambda raw: {text(k): int(v) for k, v in raw.items()})  # fmt: skip
 
     # -- dead letters -------------------------------------------------------------------------
 
-    def dead_letters(self, count: int = 100) -> list[DeadLetter]:
-        entries: Any = self.client.xrange(self.keys.dead, count=count)
-        return [_dead_letter(entry_id, fields) for entry_id, fields in entries]
+    def dead_letters(self, count: int = 100) -> Call[list[DeadLetter]]:
+        return command("XRANGE", self.keys.dead, "-", "+", "COUNT", count,
+                       decode=lambda entries: [_dead_letter(i, f) for i, f in entries])  # fmt: skip
 
-    def redrive(self, letter: DeadLetter) -> int:
+    def redrive(self, letter: DeadLetter) -> Call[int]:
         """Arm a dead letter again as a timer due now, attempt reset; see redrive.lua."""
         k = self.keys
         try:
@@ -344,15 +276,23 @@ class TimerStore:
             t = Keys.plain_watch_job_id(t, "redrive", letter.entry_id)
         keys = [k.dead, k.shadow(t), k.data(t), k.index, k.items(t)]
         args: list[Any] = [letter.entry_id, t, payload, k.wake_channel, letter.raw_items]
-        with refused_when_full(f"re-arming dead letter {letter.entry_id} was"):
-            return int(self.scripts["redrive"](keys=keys, args=args))
+        return script("redrive", keys, args, decode=int,
+                      refused=f"re-arming dead letter {letter.entry_id} was")  # fmt: skip
 
-    def purge_dead(self, entry_ids: list[str] | None = None) -> int:
+    def purge_dead(self, entry_ids: list[str] | None = None) -> Flow[int]:
         if entry_ids is None:
-            removed = self.client.xlen(self.keys.dead)
-            self.client.delete(self.keys.dead)
+            dead = self.keys.dead
+            removed, _ = yield Batch([command("XLEN", dead), command("DEL", dead)],
+                                     transaction=True)  # fmt: skip
             return int(removed)
-        return int(self.client.xdel(self.keys.dead, *entry_ids)) if entry_ids else 0
+        if not entry_ids:
+            return 0
+        return int((yield command("XDEL", self.keys.dead, *entry_ids)))
+
+
+def _armed(req: ScheduleRequest, reply: list[Any]) -> Armed:
+    created, due, now, stored = reply
+    return Armed(req.timer_id, created == 1, int(due), int(now), stored or req.payload)
 
 
 def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:

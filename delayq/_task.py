@@ -152,9 +152,25 @@ class Task(Generic[P, R]):
         req = self.request(args, kwargs, delay=delay, at=at, timer_id=id)
         return self.app.arm(req)
 
+    async def aschedule(
+        self,
+        *args: Any,
+        delay: Delay | None = None,
+        at: dt.datetime | None = None,
+        id: str | None = None,
+        **kwargs: Any,
+    ) -> Timer:
+        """``schedule`` for asyncio code: the same arguments, the same errors."""
+        req = self.request(args, kwargs, delay=delay, at=at, timer_id=id)
+        return await self.app.aarm(req)
+
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Timer:
         """Run after the task's default delay (0 for ``@task``: as soon as a worker can)."""
         return self.app.arm(self.request(args, kwargs))
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Timer:
+        """``delay`` for asyncio code."""
+        return await self.app.aarm(self.request(args, kwargs))
 
     def call_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self.fn(*args, **kwargs)

@@ -10,8 +10,8 @@ from delayq._errors import TimerPaused
 from delayq._when import Delay, delay_seconds, from_ms, resolve_when
 
 if TYPE_CHECKING:
-    from delayq._app import Delayq
-    from delayq._store import Controlled
+    from delayq._calls import Flow
+    from delayq._producer import Producer
 
 
 class Timer:
@@ -19,7 +19,8 @@ class Timer:
 
     Methods that change the timer return False when it is no longer pending (it fired, was
     cancelled, or never existed), and raise TimerPaused when it is paused and must be resumed
-    first. Each change is one atomic script.
+    first. Each change is one atomic script. Each method has an awaitable twin named with an
+    ``a`` prefix (``areschedule``...), and a handle from either side works with both.
     """
 
     __slots__ = ("_app", "_payload", "_raw", "created", "due_ms", "duration_ms", "id",
@@ -27,7 +28,7 @@ class Timer:
 
     def __init__(
         self,
-        app: Delayq,
+        app: Producer,
         timer_id: str,
         *,
         due_ms: int,
@@ -73,7 +74,13 @@ class Timer:
 
     def remaining(self) -> dt.timedelta | None:
         """Time left by the server's clock (kept while paused); None once not pending."""
-        found = self._app.store.lookup(self.id)
+        return self._app._run(self._remaining())
+
+    async def aremaining(self) -> dt.timedelta | None:
+        return await self._app._arun(self._remaining())
+
+    def _remaining(self) -> Flow[dt.timedelta | None]:
+        found = yield from self._app.store.lookup(self.id)
         if found.duration_ms is not None:
             self.duration_ms = found.duration_ms
         if found.paused_left_ms is not None:
@@ -84,30 +91,38 @@ class Timer:
         self.due_ms, self.paused_left_ms = found.due_ms, None
         return dt.timedelta(milliseconds=max(0, found.due_ms - found.now_ms))
 
-    def _apply(self, operation: str, ms: int = 0) -> bool:
-        store = self._app.store
-        result: Controlled = store.control(self.id, operation, ms, duration_ms=self._duration())
+    def _apply(self, operation: str, ms: int = 0) -> Flow[bool]:
+        result = yield self._app.store.control(self.id, operation, ms,
+                                               duration_ms=self._duration())  # fmt: skip
         if result.status == -1:
             raise TimerPaused(f"timer {self.id!r} is paused: resume() it before {operation}")
         if result.status == 1:
-            if operation == "pause":
-                self.due_ms, self.paused_left_ms = -1, result.due_ms
-            else:
-                self.due_ms, self.paused_left_ms = result.due_ms, None
+            self.due_ms, self.paused_left_ms = result.due_ms, None
             if operation in ("delay", "at"):
                 self.duration_ms = max(0, result.due_ms - result.now_ms)
-        return result.status == 1
+        return bool(result.status == 1)
 
     def reschedule(self, *, delay: Delay | None = None, at: dt.datetime | None = None) -> bool:
         """Move the deadline, earlier or later. False if the timer is no longer pending."""
+        return self._app._run(self._reschedule(delay, at))
+
+    async def areschedule(
+        self, *, delay: Delay | None = None, at: dt.datetime | None = None
+    ) -> bool:
+        return await self._app._arun(self._reschedule(delay, at))
+
+    def _reschedule(self, delay: Delay | None, at: dt.datetime | None) -> Flow[bool]:
         if delay is None and at is None:
             raise ValueError("reschedule needs delay= or at=")
         when = resolve_when(delay, at, 0.0)
-        return self._apply(when.mode, when.ms)
+        return (yield from self._apply(when.mode, when.ms))
 
     def restart(self) -> bool:
         """Arm the timer again for the duration it was last armed with, counted from now."""
-        return self._apply("restart")
+        return self._app._run(self._apply("restart"))
+
+    async def arestart(self) -> bool:
+        return await self._app._arun(self._apply("restart"))
 
     def _duration(self) -> int:
         """The armed duration as far as this handle can tell. The server keeps the true one (in
@@ -128,25 +143,44 @@ class Timer:
 
     def extend(self, by: Delay) -> bool:
         """Push the deadline later by ``by`` (seconds or timedelta)."""
-        return self._apply("extend", round(delay_seconds(by, name="by") * 1000))
+        return self._app._run(self._extend(by))
+
+    async def aextend(self, by: Delay) -> bool:
+        return await self._app._arun(self._extend(by))
+
+    def _extend(self, by: Delay) -> Flow[bool]:
+        return (yield from self._apply("extend", round(delay_seconds(by, name="by") * 1000)))
 
     def pause(self) -> bool:
         """Stop the countdown, keeping the time left. True if it was running, False if not
         pending; pausing a paused timer changes nothing and returns True."""
-        result = self._app.store.control(self.id, "pause", duration_ms=self._duration())
-        if result.status in (1, -1):
-            if result.status == 1:
-                self.due_ms, self.paused_left_ms = -1, result.due_ms
-            return True
-        return False
+        return self._app._run(self._pause())
+
+    async def apause(self) -> bool:
+        return await self._app._arun(self._pause())
+
+    def _pause(self) -> Flow[bool]:
+        result = yield self._app.store.control(self.id, "pause", duration_ms=self._duration())
+        if result.status == 1:
+            self.due_ms, self.paused_left_ms = -1, result.due_ms
+        return result.status in (1, -1)
 
     def resume(self) -> bool:
         """Restart the countdown with the time left when paused. False if not paused."""
-        result = self._app.store.control(self.id, "resume")
+        return self._app._run(self._resume())
+
+    async def aresume(self) -> bool:
+        return await self._app._arun(self._resume())
+
+    def _resume(self) -> Flow[bool]:
+        result = yield self._app.store.control(self.id, "resume")
         if result.status == 1:
             self.due_ms, self.paused_left_ms = result.due_ms, None
-        return result.status == 1
+        return bool(result.status == 1)
 
     def cancel(self) -> bool:
         """Disarm the timer: it will never fire. True if it was pending (or paused)."""
-        return self._app.store.cancel(self.id)
+        return self._app._run(self._app.store.cancel(self.id))
+
+    async def acancel(self) -> bool:
+        return await self._app._arun(self._app.store.cancel(self.id))

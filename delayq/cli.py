@@ -259,7 +259,7 @@ def timers_list(
     timers = app.timers(limit=limit, task=task, due_before=before)
     for timer in timers:
         typer.echo(describe(timer))
-    paused = app.store.client.hlen(app.keys.paused)
+    paused = app._run(app.store.paused_count())
     typer.echo(f"{len(timers)} timer(s) shown; {app.pending_count()} pending and "
                f"{paused} paused in all")  # fmt: skip
 
@@ -349,7 +349,7 @@ def periodic_list(
     app = resolve_app(app_spec, url, namespace)
     for name, task in sorted(app.periodics.items()):
         schedule, zone = task.periodic.schedule.describe()
-        state = app.store.periodic_state(name)
+        state = app._run(app.store.periodic_state(name))
         typer.echo(
             f"{name}  [{schedule}]  zone={zone}  next={_when(state.get('armed'), zone)}  "
             f"last={_when(state.get('last_run_at'), zone)}"

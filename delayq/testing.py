@@ -28,6 +28,8 @@ import redis
 import redis.asyncio as aredis
 
 from delayq import Delayq, EmbeddedServer
+from delayq._calls import command
+from delayq._runners import SyncRunner
 
 __all__ = [
     "BatchPusher",
@@ -114,7 +116,8 @@ class WorkerProcess:
         the push: then the worker is connected, subscribed and running jobs end to end."""
         ping()
         deadline = time.monotonic() + timeout
-        while client.blpop([key], timeout=0.5) is None:
+        io = SyncRunner(client)
+        while io.run(command("BLPOP", key, 0.5)) is None:
             self.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker not ready within {timeout:g} s:\n{self.tail()}")
@@ -200,7 +203,7 @@ def format_table(rows: Sequence[Sequence[str]], align: str, *, rule: bool = Fals
 
 def describe_host(client: redis.Redis) -> str:
     """``valkey 9.1.2 (bundled, appendonly off), python 3.11.7, 2 CPU(s), x86_64``"""
-    server: dict[str, Any] = client.info("server")
+    server: dict[str, Any] = SyncRunner(client).run(command("INFO", "server"))
     version = server.get("valkey_version") or server.get("redis_version")
     return (
         f"valkey {version} (bundled, appendonly off), python {platform.python_version()}, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import os
 import signal
@@ -91,7 +93,23 @@ class WorkerThread:
     def stop(self, timeout: float = 30.0) -> None:
         self.worker.stop()
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "worker did not stop"
+        assert not self.thread.is_alive(), f"worker did not stop; its tasks:\n{self.tasks()}"
+
+    def tasks(self) -> str:
+        """Where each of the worker's asyncio tasks waits (for a worker that hangs)."""
+        loop, out = self.worker._loop, io.StringIO()
+        if loop is None or loop.is_closed():
+            return "(no loop)"
+
+        def dump() -> None:
+            for task in asyncio.all_tasks(loop):
+                out.write(f"--- {task.get_name()}\n")
+                task.print_stack(file=out)
+
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: (dump(), done.set()))
+        done.wait(5)
+        return out.getvalue()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
 from delayq import ConfigurationError, Delayq, ScheduleError, Touch
 from tests.conftest import WorkerThread, wait_until
@@ -235,7 +236,7 @@ def test_touch_after_an_unfired_deadline_starts_a_new_cycle(
         every.touch(device="door", n=n)
     first = last.touch("door", n=3)
     every.touch(device="door", n=3)
-    wait_until(lambda: app.store.server_time_ms() > first.due_ms + 100, timeout=10)
+    wait_until(lambda: app.server_time_ms() > first.due_ms + 100, timeout=10)
     second = last.touch("door", n=4)  # the first cycle's deadline has passed: a new cycle
     every.touch(device="door", n=4)
     assert second.due_ms > first.due_ms + 300
@@ -249,7 +250,9 @@ def test_touch_after_an_unfired_deadline_starts_a_new_cycle(
     wait_until(lambda: app.pending_count() == 0)
 
 
-def test_restart_keeps_the_duration_of_a_timer_long_overdue(app: Delayq) -> None:
+def test_restart_keeps_the_duration_of_a_timer_long_overdue(
+    app: Delayq, rclient: redis.Redis
+) -> None:
     """No worker: the deadline passes and the shadow key (which holds the armed duration)
     expires a grace later. pause/resume/extend must not turn the duration into their own
     argument, and restart() must still re-arm the original duration."""
@@ -259,8 +262,8 @@ def test_restart_keeps_the_duration_of_a_timer_long_overdue(app: Delayq) -> None
 
     first = job.schedule("a", delay=0.2, id="overdue-a")
     second = job.schedule("b", delay=0.2, id="overdue-b")
-    wait_until(lambda: app.store.server_time_ms() > first.due_ms + 1300, timeout=10)
-    assert not app.store.client.exists(app.keys.shadow(first.id))
+    wait_until(lambda: app.server_time_ms() > first.due_ms + 1300, timeout=10)
+    assert not rclient.exists(app.keys.shadow(first.id))
     assert first.pause() and first.resume() and first.restart()
     assert second.extend(0.05) and second.restart()
     for timer in (first, second):
@@ -313,7 +316,7 @@ def test_max_wait_added_to_a_task_with_a_pending_cycle(app: Delayq) -> None:
 
 
 def test_touch_heals_an_index_entry_without_data(
-    app: Delayq, start_worker: Callable[..., WorkerThread]
+    app: Delayq, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
 ) -> None:
     """Leftovers of a failure (an index entry whose data is gone, overdue or not, and its
     touches list) never make a touch fail, and the touch's cycle fires with its own payload."""
@@ -323,8 +326,8 @@ def test_touch_heals_an_index_entry_without_data(
     def first(name: str, n: int) -> None:
         runs.append((name, n))
 
-    client = app.store.client
-    now = app.store.server_time_ms()
+    client = rclient
+    now = app.server_time_ms()
     client.zadd(app.keys.index, {"overdue": now - 5000, "future": now + 60_000})
     client.rpush(app.keys.items("overdue"), b"leftover")
     assert first.touch("overdue", 1).created and first.touch("future", 2).created
@@ -336,7 +339,7 @@ def test_touch_heals_an_index_entry_without_data(
 
 
 def test_restart_after_the_shadow_key_expired_uses_the_servers_clock_only(
-    app: Delayq, monkeypatch: pytest.MonkeyPatch
+    app: Delayq, monkeypatch: pytest.MonkeyPatch, rclient: redis.Redis
 ) -> None:
     """A producer whose clock is 5 minutes behind: restart() of a timer long overdue (its
     shadow key gone) re-arms the duration the server armed, not a span between two clocks.
@@ -354,8 +357,8 @@ def test_restart_after_the_shadow_key_expired_uses_the_servers_clock_only(
     cycle = quiet.touch(1)
     time.sleep(0.2)
     quiet.touch(2)  # joins the cycle: its first touch is older than the window
-    wait_until(lambda: app.store.server_time_ms() > cycle.due_ms + 1300, timeout=10)
-    assert not app.store.client.exists(app.keys.shadow(timer.id))
+    wait_until(lambda: app.server_time_ms() > cycle.due_ms + 1300, timeout=10)
+    assert not rclient.exists(app.keys.shadow(timer.id))
     looked_up = app.timer(cycle.id)
     assert timer.restart() and looked_up is not None and looked_up.restart()
     for handle, duration in ((timer, 0.2), (looked_up, 0.3)):
@@ -379,12 +382,12 @@ def test_a_forked_producer_names_retired_cycles_apart_from_its_parent(app: Delay
         pid = os.fork()
     if pid == 0:  # the child: report its first id, and leave without running pytest's exit
         try:
-            os.write(write, store._touch_args(note.prepare_touch())[1][-1].encode())
+            os.write(write, store.touch(note.prepare_touch()).args[-1].encode())
         finally:
             os._exit(0)
     os.close(write)
     child_id = os.read(read, 1000).decode()
     os.waitpid(pid, 0)
     os.close(read)
-    parent_id = store._touch_args(note.prepare_touch())[1][-1]
+    parent_id = store.touch(note.prepare_touch()).args[-1]
     assert child_id.startswith("~c:") and child_id != parent_id

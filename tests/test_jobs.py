@@ -92,7 +92,10 @@ def test_dead_letter_retry_and_purge(
 
 
 def test_dead_letters_are_bounded_by_bytes(
-    server: EmbeddedServer, namespace: str, start_worker: Callable[..., WorkerThread]
+    server: EmbeddedServer,
+    namespace: str,
+    start_worker: Callable[..., WorkerThread],
+    rclient: redis.Redis,
 ) -> None:
     """Letters hold whole payloads: the stream keeps to about dead_letter_max_bytes, dropping
     the oldest first, and always keeps the newest."""
@@ -105,7 +108,7 @@ def test_dead_letters_are_bounded_by_bytes(
     start_worker(app)
     app.schedule_many([bulky.prepare(n, b"x" * 100_000) for n in range(40)])
     wait_until(lambda: app.stats().get("dead") == 40, timeout=20)
-    client = app.store.client
+    client = rclient
     size = client.memory_usage(app.keys.dead, samples=0)
     assert size is not None and size < 1_300_000, size
     letters = app.dead_letters(count=100)

@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-import redis.asyncio as aredis
 
 from delayq import ConfigurationError, Delayq, WorkerSettings, current_job
 from delayq._periodic import PeriodicOptions
@@ -373,12 +372,13 @@ def test_replaced_or_removed_schedules_leave_nothing_behind(
     assert not armed.paused and armed.due_ms % 120_000 == 0
 
     async def run_ends_after_removal() -> None:
+        from delayq._runners import AsyncRunner
         from delayq.worker._engine import Engine
 
-        client = aredis.Redis.from_url(app.url)
+        engine = Engine(AsyncRunner.from_url(app.url, {}), app.keys, "w")
         rclient.delete(app.keys.periodic_state("gone"))
-        await Engine(client, app.keys, "w").record_run("gone", 1000, 2000)
-        await client.aclose()
+        await engine.run(engine.record_run("gone", 1000, 2000))
+        await engine.io.close()
 
     asyncio.run(run_ends_after_removal())
     assert not rclient.exists(app.keys.periodic_state("gone"))

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import pytest
 import redis
-import redis.asyncio as aredis
 
 from delayq import Delayq, EmbeddedServer, InvalidTimerId, PayloadError, ScheduleError, Task
 from delayq._keys import GROUP
+from delayq._runners import AsyncRunner
 from delayq.worker._engine import DeadLetterBound, Engine
 from tests.conftest import WorkerThread, wait_until
 
@@ -28,20 +28,23 @@ def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) 
     def job() -> None: ...
 
     async def scenario() -> None:
-        client = aredis.Redis.from_url(server.url)
-        first, second = Engine(client, app.keys, "first"), Engine(client, app.keys, "second")
-        await first.ensure_group()
+        io = AsyncRunner.from_url(server.url, {})
+        first, second = Engine(io, app.keys, "first"), Engine(io, app.keys, "second")
+        await first.run(first.ensure_group())
         timer = job.schedule(delay=0)
-        await first.fire([timer.id])
-        (delivery,) = await first.read(10, 100)
-        taken = await second.reclaim(0, 10)  # the second worker takes it over
+        await first.run(first.fire([timer.id]))
+        (delivery,) = await first.run(first.read(10, 100))
+        taken = await second.run(second.reclaim(0, 10))  # the second worker takes it over
         assert [d.entry_id for d in taken] == [delivery.entry_id]
-        assert await first.bury(delivery, task="", reason="x", traceback="", bound=BOUND) is None
-        assert await first.retry(delivery, delivery.raw, 1.0) is None
-        assert await first.handback(delivery) is False
-        assert await first.heartbeat([delivery.entry_id]) == [delivery.entry_id]  # lost
-        assert await second.bury(delivery, task="", reason="x", traceback="", bound=BOUND)
-        await client.aclose()
+        bury = first.bury(delivery, task="", reason="x", traceback="", bound=BOUND)
+        assert await first.run(bury) is None
+        assert await first.run(first.retry(delivery, delivery.raw, 1.0)) is None
+        assert await first.run(first.handback(delivery)) is False
+        lost = await first.run(first.heartbeat([delivery.entry_id]))
+        assert lost == [delivery.entry_id]
+        bury = second.bury(delivery, task="", reason="x", traceback="", bound=BOUND)
+        assert await second.run(bury)
+        await io.close()
 
     asyncio.run(scenario())
     assert [letter.reason for letter in app.dead_letters()] == ["x"]

@@ -199,7 +199,7 @@ class StateMachine(RuleBasedStateMachine):
 
     def _check_clock(self) -> None:
         t0 = now_ms()
-        server = self.app.store.server_time_ms()
+        server = self.app.server_time_ms()
         t1 = now_ms()
         self.expect(t0 - EPS_MS <= server <= t1 + EPS_MS,
                     f"server clock {server} outside [{t0:.0f}, {t1:.0f}]")  # fmt: skip

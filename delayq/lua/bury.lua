@@ -19,11 +19,7 @@
 --          first (the newest is always kept, however big)
 --
 -- Returns the dead-letter entry id, or false when this delivery no longer holds the entry.
-local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if not owner[1] or owner[1][2] ~= ARGV[10] or redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return false
-end
-redis.call('XDEL', KEYS[1], ARGV[2])
+if not settle(KEYS[1], ARGV[1], ARGV[2], ARGV[10]) then return false end
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
 local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
   'i', ARGV[3], 'p', ARGV[4], 't', ARGV[5], 'r', ARGV[6], 'tb', ARGV[7], 'a', ARGV[9])

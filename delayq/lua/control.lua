@@ -25,27 +25,16 @@
 --           0: no such pending timer (never existed, fired or cancelled)
 --          -1: the timer is paused (only "resume" and "pause" apply; "pause" is then a no-op)
 --          -2: "resume" of a timer that is not paused
--- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
--- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
-local GRACE = 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local id, op, ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 local paused = redis.call('HGET', KEYS[4], id)
 local score = redis.call('ZSCORE', KEYS[3], id)
 if not paused and not score then return {0, -1, now} end
 
-local function arm(due, duration)
+local function rearm(due, duration)
   if due < now then due = now end
-  local ttl = due - now
-  if ttl < 1 then ttl = 1 end
-  local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  redis.call('SET', KEYS[1], duration, 'PX', ttl + GRACE)
-  redis.call('ZADD', KEYS[3], due, id)
-  if head[2] == nil or due < tonumber(head[2]) then
-    redis.call('PUBLISH', ARGV[4], due)
-  end
+  arm(KEYS[1], KEYS[3], id, due, duration, now, ARGV[4])
   return {1, due, now}
 end
 
@@ -56,19 +45,19 @@ if paused then
   local left = tonumber(string.sub(paused, 1, sep - 1))
   local duration = tonumber(string.sub(paused, sep + 1))
   redis.call('HDEL', KEYS[4], id)
-  return arm(now + left, duration)
+  return rearm(now + left, duration)
 end
 
 if op == 'resume' then return {-2, tonumber(score), now} end
 local duration = tonumber(redis.call('GET', KEYS[1]) or ARGV[5])
 if op == 'delay' then
-  return arm(now + ms, ms)
+  return rearm(now + ms, ms)
 elseif op == 'at' then
-  return arm(ms, math.max(ms - now, 0))
+  return rearm(ms, math.max(ms - now, 0))
 elseif op == 'restart' then
-  return arm(now + duration, duration)
+  return rearm(now + duration, duration)
 elseif op == 'extend' then
-  return arm(tonumber(score) + ms, duration)
+  return rearm(tonumber(score) + ms, duration)
 elseif op == 'pause' then
   local left = tonumber(score) - now
   if left < 0 then left = 0 end

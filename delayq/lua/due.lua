@@ -8,8 +8,7 @@
 -- ARGV[1]  at most this many ids
 --
 -- Returns {now_ms, earliest_due_ms or -1, id, id, ...}: the due ids, oldest deadline first.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local reply = {now, first[2] and tonumber(first[2]) or -1}
 if first[2] and tonumber(first[2]) <= now then

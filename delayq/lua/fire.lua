@@ -18,8 +18,7 @@
 -- Returns {now_ms, fired, next_due_ms or -1, orphans}
 --   fired:   timers moved to the ready stream by this call
 --   orphans: index entries without data, removed (counted in stats as repaired_index)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local fired, orphans = 0, 0
 
 for i = 1, #ARGV do

@@ -13,11 +13,7 @@
 -- ARGV[7]  consumer name of this worker
 --
 -- Returns the new entry id, or false when this delivery no longer holds the entry.
-local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if not owner[1] or owner[1][2] ~= ARGV[7] or redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return false
-end
-redis.call('XDEL', KEYS[1], ARGV[2])
+if not settle(KEYS[1], ARGV[1], ARGV[2], ARGV[7]) then return false end
 if ARGV[6] ~= '' then
   return redis.call('XADD', KEYS[1], '*', 'i', ARGV[3], 'p', ARGV[4], 'd', ARGV[5], 'a', ARGV[6])
 end

@@ -40,20 +40,9 @@ end
 local tick = tonumber(ARGV[4])
 if sig == ARGV[3] and armed ~= '' and tick <= tonumber(armed) then return 0 end
 
--- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
--- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
-local GRACE = 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local due = tonumber(ARGV[5])
-local ttl = due - now
-if ttl < 1 then ttl = 1 end
-local head = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[2], ttl, 'PX', ttl + GRACE)
 redis.call('SET', KEYS[3], ARGV[7])
-redis.call('ZADD', KEYS[4], due, ARGV[6])
+arm(KEYS[2], KEYS[4], ARGV[6], due, math.max(due - now, 1), now, ARGV[8])
 redis.call('HSET', KEYS[1], 'sig', ARGV[3], 'armed', ARGV[4], 'armed_at', now)
-if head[2] == nil or due < tonumber(head[2]) then
-  redis.call('PUBLISH', ARGV[8], due)
-end
 return 1

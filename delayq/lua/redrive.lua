@@ -16,18 +16,12 @@
 -- (the dead letter is then left in place).
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
--- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
--- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
-local GRACE = 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], 1, 'PX', 1 + GRACE)
 redis.call('SET', KEYS[3], ARGV[3])
-redis.call('ZADD', KEYS[4], now, ARGV[2])
+arm(KEYS[2], KEYS[4], ARGV[2], now, 1, now, ARGV[4])
 if ARGV[5] ~= '' then
   redis.call('DEL', KEYS[5])
   redis.call('RPUSH', KEYS[5], ARGV[5])
 end
-redis.call('PUBLISH', ARGV[4], now)
 return 1

@@ -18,9 +18,7 @@ if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
 if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return 0 end
 -- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
 -- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
-local GRACE = 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local left = redis.call('PTTL', KEYS[1]) - GRACE
 local due = now
 if left > 0 then due = now + left end

@@ -24,11 +24,7 @@
 -- ARGV[9]  consumer name of the worker settling the delivery
 --
 -- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
-local owner = redis.call('XPENDING', KEYS[4], ARGV[1], ARGV[2], ARGV[2], 1)
-if not owner[1] or owner[1][2] ~= ARGV[9] or redis.call('XACK', KEYS[4], ARGV[1], ARGV[2]) == 0 then
-  return {-1, ''}
-end
-redis.call('XDEL', KEYS[4], ARGV[2])
+if not settle(KEYS[4], ARGV[1], ARGV[2], ARGV[9]) then return {-1, ''} end
 local id, shadow, data, list = ARGV[3], KEYS[1], KEYS[2], KEYS[8]
 if redis.call('EXISTS', data) == 1 then
   id, shadow, data, list = ARGV[7], KEYS[6], KEYS[7], KEYS[9]
@@ -37,20 +33,11 @@ if ARGV[8] ~= '' then
   redis.call('DEL', list)
   redis.call('RPUSH', list, ARGV[8])
 end
--- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
--- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
-local GRACE = 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local delay = tonumber(ARGV[5])
 if delay < 1 then delay = 1 end
 local due = now + delay
-local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-redis.call('SET', shadow, delay, 'PX', delay + GRACE)
 redis.call('SET', data, ARGV[4])
-redis.call('ZADD', KEYS[3], due, id)
+arm(shadow, KEYS[3], id, due, delay, now, ARGV[6])
 redis.call('HINCRBY', KEYS[5], 'retried', 1)
-if first[2] == nil or due < tonumber(first[2]) then
-  redis.call('PUBLISH', ARGV[6], due)
-end
 return {due, id}

@@ -16,11 +16,7 @@
 -- Returns {created, due_ms, now_ms, stored_payload}
 --   created = 1 when armed now; 0 when a timer with this id was already pending (or paused:
 --   due_ms is then -1), in which case stored_payload is its payload.
--- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
--- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
-local GRACE = 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 
 if ARGV[5] ~= '1' then
   local existing = redis.call('GET', KEYS[2])
@@ -36,15 +32,8 @@ if ARGV[3] == 'at' then
 else
   due = now + tonumber(ARGV[4])
 end
-local ttl = due - now
-if ttl < 1 then ttl = 1 end
 
-local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[1], ttl, 'PX', ttl + GRACE)
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], due, ARGV[1])
+arm(KEYS[1], KEYS[3], ARGV[1], due, math.max(due - now, 1), now, ARGV[6])
 redis.call('HDEL', KEYS[4], ARGV[1])
-if first[2] == nil or due < tonumber(first[2]) then
-  redis.call('PUBLISH', ARGV[6], due)
-end
 return {1, due, now, false}

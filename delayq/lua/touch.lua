@@ -31,11 +31,7 @@
 -- soon a worker claimed the deadline.
 --
 -- Returns {new_cycle, due_ms, now_ms, items}
--- The shadow key outlives the deadline by a grace (SHADOW_GRACE_MS in _keys.py): a timer
--- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
-local GRACE = 1000
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local id, mode = ARGV[1], ARGV[4]
 local window, max_wait = tonumber(ARGV[3]), tonumber(ARGV[6])
 
@@ -84,13 +80,6 @@ if mode == 'all' then
     items = keep
   end
 end
-local ttl = due - now
-if ttl < 1 then ttl = 1 end
-local head = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-redis.call('SET', KEYS[1], window, 'PX', ttl + GRACE)
-redis.call('ZADD', KEYS[4], due, id)
+arm(KEYS[1], KEYS[4], id, due, window, now, ARGV[7])
 redis.call('HDEL', KEYS[6], id)
-if head[2] == nil or due < tonumber(head[2]) then
-  redis.call('PUBLISH', ARGV[7], due)
-end
 return {pending and 0 or 1, due, now, items}

@@ -30,8 +30,7 @@
 -- Returns {now_ms, fired, earliest watch deadline or -1}, or {-1} when ARGV[1] does not
 -- hold the lease (nothing was applied).
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local index, ready = KEYS[2], KEYS[3]
 local fired = 0
 

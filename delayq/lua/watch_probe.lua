@@ -14,8 +14,7 @@
 -- A key still alive with the very deadline of its timer is in the life the timer was armed
 -- for, at its last millisecond: it is left out, to be looked at again.
 -- Publishes msgpack [sequence, now_ms, id...]; returns {now_ms, ids published}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_now()
 local message = {tonumber(ARGV[2]), now}
 for i = 2, #KEYS do
   local id = ARGV[1 + i]

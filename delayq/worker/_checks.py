@@ -10,9 +10,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from delayq._calls import command
 from delayq._errors import ConfigurationError
 from delayq._keys import Keys
-from delayq.worker._engine import AsyncClient
+from delayq._runners import AsyncRunner
 
 log = logging.getLogger("delayq.worker")
 
@@ -35,17 +36,17 @@ def missing_flags(flags: str, *, keyspace: bool) -> str:
 
 
 async def ensure_notifications(
-    client: AsyncClient, keys: Keys, *, configure: bool, keyspace: bool = False
+    io: AsyncRunner, keys: Keys, *, configure: bool, keyspace: bool = False
 ) -> None:
     """Make sure the needed keyspace notifications are published; enable them if allowed."""
     help_text = NEEDED_FLAGS_HELP + (
         "; on_expire watchers also need 'K', 'g' and '$' (for example 'KEg$x')" if keyspace else ""
     )
     try:
-        config: dict[Any, Any] = await client.config_get("notify-keyspace-events")
+        config: dict[Any, Any] = await io.run(command("CONFIG GET", "notify-keyspace-events"))
     except ResponseError:
         # CONFIG is disabled (managed services): find out by experiment instead.
-        if not await _probe_events(client, keys, keyspace=keyspace):
+        if not await _probe_events(io, keys, keyspace=keyspace):
             raise ConfigurationError(help_text) from None
         return
     flags = _text(config.get(b"notify-keyspace-events", config.get("notify-keyspace-events", "")))
@@ -56,7 +57,7 @@ async def ensure_notifications(
         raise ConfigurationError(f"{help_text} (it is now {flags!r})")
     wanted = flags + missing
     try:
-        await client.config_set("notify-keyspace-events", wanted)
+        await io.run(command("CONFIG SET", "notify-keyspace-events", wanted))
     except ResponseError as exc:
         raise ConfigurationError(
             f"{help_text} (it is now {flags!r}; CONFIG SET failed: {exc})"
@@ -64,9 +65,9 @@ async def ensure_notifications(
     log.info("enabled keyspace notifications: notify-keyspace-events=%s", wanted)
 
 
-async def warn_on_eviction(client: AsyncClient) -> None:
+async def warn_on_eviction(io: AsyncRunner) -> None:
     with contextlib.suppress(ResponseError):
-        config: dict[Any, Any] = await client.config_get("maxmemory-policy")
+        config: dict[Any, Any] = await io.run(command("CONFIG GET", "maxmemory-policy"))
         policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy", "")))
         if policy and policy != "noeviction":
             log.warning(
@@ -76,25 +77,26 @@ async def warn_on_eviction(client: AsyncClient) -> None:
             )
 
 
-async def _probe_events(client: AsyncClient, keys: Keys, *, keyspace: bool) -> bool:
+async def _probe_events(io: AsyncRunner, keys: Keys, *, keyspace: bool) -> bool:
     """Set a short-lived key and see which notifications arrive for it."""
     probe = keys.probe(secrets.token_hex(6))
-    db = _db(client)
+    db = io.db
     expired_channel = Keys.expired_channel(db)
     keyspace_channel = Keys.keyspace_pattern(db, probe)
     # "set" needs the $ class, "expire" (from SET ... PX) the g class, "expired" E and x.
     missing = {("expired", expired_channel)}
     if keyspace:
         missing |= {("set", keyspace_channel), ("expire", keyspace_channel)}
-    pubsub = client.pubsub()
+    pubsub = io.subscription()
     try:
         await pubsub.subscribe(*{channel for _, channel in missing})
-        await client.set(probe, "1", px=20)
+        await io.run(command("SET", probe, "1", "PX", 20))
         await asyncio.sleep(0.05)
-        await client.exists(probe)  # an access expires the key lazily and publishes at once
+        # An access expires the key lazily and publishes at once.
+        await io.run(command("EXISTS", probe))
         deadline = asyncio.get_running_loop().time() + 2.0
         while missing and asyncio.get_running_loop().time() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            message = await pubsub.message(timeout=0.2)
             if message is None:
                 continue
             channel, data = _text(message["channel"]), _text(message["data"])
@@ -102,12 +104,7 @@ async def _probe_events(client: AsyncClient, keys: Keys, *, keyspace: bool) -> b
             missing.discard((event, channel))
         return not missing
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
-
-
-def _db(client: AsyncClient) -> int:
-    db = client.connection_pool.connection_kwargs.get("db", 0)
-    return int(db or 0)
+        await pubsub.aclose()
 
 
 def _text(value: object) -> str:

@@ -91,7 +91,7 @@ class Executor:
                 self.slot_freed.clear()
                 await wait_any([self.slot_freed, self.stopping], 1.0)
                 continue
-            deliveries = await self.engine.read(self.free_slots, block_ms=500)
+            deliveries = await self.engine.run(self.engine.read(self.free_slots, block_ms=500))
             self.admit(deliveries)
 
     async def reclaim(self) -> None:
@@ -99,12 +99,12 @@ class Executor:
         if self.free_slots <= 0 or self.stopping.is_set():
             return
         min_idle = int(self.settings.visibility_timeout * 1000)
-        deliveries = await self.engine.reclaim(min_idle, self.free_slots)
+        deliveries = await self.engine.run(self.engine.reclaim(min_idle, self.free_slots))
         if not deliveries:
             return
         self.counters.reclaimed += len(deliveries)
         log.warning("took over %d job(s) from workers that stopped", len(deliveries))
-        counts = await self.engine.deliveries_of([d.entry_id for d in deliveries])
+        counts = await self.engine.run(self.engine.deliveries_of([d.entry_id for d in deliveries]))
         limit = self.settings.max_deliveries
         for d, count in zip(deliveries, counts, strict=True):
             if count > limit:
@@ -168,7 +168,7 @@ class Executor:
                 return
             if decision == "requeued":
                 # overlap="queue": try this tick again shortly, once the previous run is done.
-                await self.engine.retry(d, d.raw, QUEUE_RETRY_S)
+                await self.engine.run(self.engine.retry(d, d.raw, QUEUE_RETRY_S))
                 return
             try:
                 await self._run(d, task, payload, args)
@@ -194,7 +194,7 @@ class Executor:
         if isinstance(task, Watcher) and task.spec.delete_data and args[2] is not None:
             companion = task.spec.companion(args[0], args[1])
             if companion:
-                await self.engine.forget(companion, args[2])
+                await self.engine.run(self.engine.forget(companion, args[2]))
         self.counters.executed += 1
         self._queue_ack(d)
 
@@ -263,7 +263,7 @@ class Executor:
             log.info("job %s (%s) failed: %r; retry %d/%d in %.2fs", d.timer_id, task.name,
                      exc, payload.attempt + 1, policy.retries, delay)  # fmt: skip
             self.counters.retried += 1
-            await self.engine.retry(d, again, delay, timer_id=retry_id)
+            await self.engine.run(self.engine.retry(d, again, delay, timer_id=retry_id))
             return
         tb = "".join(traceback.format_exception(exc))
         why = "not retried" if payload.attempt < policy.retries else "retries exhausted"
@@ -282,11 +282,12 @@ class Executor:
     ) -> None:
         log.error("job %s moved to dead letters: %s", d.timer_id, reason)
         self.counters.dead += 1
-        await self.engine.bury(d, task=task, reason=reason, traceback=tb, bound=self.dead_letters,
-                               payload=payload)  # fmt: skip
+        bury = self.engine.bury(d, task=task, reason=reason, traceback=tb,
+                                bound=self.dead_letters, payload=payload)  # fmt: skip
+        await self.engine.run(bury)
 
     async def _hand_back(self, d: Delivery) -> None:
-        if await self.engine.handback(d):
+        if await self.engine.run(self.engine.handback(d)):
             self.counters.handed_back += 1
 
     # -- upkeep -------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ class Executor:
         while self.to_ack:
             batch, self.to_ack = self.to_ack[:ACK_CHUNK], self.to_ack[ACK_CHUNK:]
             try:
-                await self.engine.ack(batch)
+                await self.engine.run(self.engine.ack(batch))
             except Exception:
                 self.to_ack[:0] = batch  # keep them; acknowledging twice is harmless
                 raise
@@ -313,7 +314,7 @@ class Executor:
         # Jobs done but not yet acknowledged (the server was away) stay ours too.
         entries = [r.delivery.entry_id for r in self.running.values()]
         entries += [d.entry_id for d in self.to_ack]
-        lost = await self.engine.heartbeat(entries)
+        lost = await self.engine.run(self.engine.heartbeat(entries))
         if lost:
             # Another worker took them over after this one missed its heartbeats; both may
             # run the job (at-least-once), and only one acknowledgement removes its data.

@@ -61,14 +61,14 @@ class Firing:
         """Claim everything due now; returns (fired, earliest remaining deadline)."""
         fired = 0
         while True:
-            due = await self.engine.due(self.engine.keys.index, self.batch)
+            due = await self.engine.run(self.engine.due(self.engine.keys.index, self.batch))
             self._clock(due.now_ms)
             if not due.ids:
                 return fired, due.first_ms
             watched = [i for i in due.ids if is_watch_id(i)]
             if watched:
                 # Armed by an older version: watch timers are the watch leader's to judge.
-                await self.engine.adopt_watch_timers(watched)
+                await self.engine.run(self.engine.adopt_watch_timers(watched))
                 continue
             result = await self.fire(due.ids)
             fired += result.fired
@@ -76,7 +76,7 @@ class Firing:
                 return fired, result.next_due_ms
 
     async def fire(self, ids: list[str]) -> FireResult:
-        result = await self.engine.fire(ids)
+        result = await self.engine.run(self.engine.fire(ids))
         self._account(result)
         return result
 

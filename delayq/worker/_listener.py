@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delayq._keys import Keys
-from delayq.worker._engine import AsyncClient
+from delayq._runners import AsyncRunner, Subscription
 from delayq.worker._loops import wait_or_stop
 
 log = logging.getLogger("delayq.worker")
@@ -26,7 +26,7 @@ YIELD_EVERY = 50
 class Listener:
     def __init__(
         self,
-        client: AsyncClient,
+        listen: AsyncRunner,
         keys: Keys,
         db: int,
         *,
@@ -35,7 +35,7 @@ class Listener:
         on_connect: Callable[[], None],
         stopping: asyncio.Event,
     ) -> None:
-        self.client = client
+        self.listen = listen
         self.keys = keys
         self.expired_channel = Keys.expired_channel(db).encode()
         self.wake_channel = keys.wake_channel.encode()
@@ -49,7 +49,7 @@ class Listener:
     async def run(self) -> None:
         backoff = 0.05
         while not self.stopping.is_set():
-            pubsub = self.client.pubsub()
+            pubsub = self.listen.subscription()
             try:
                 await pubsub.subscribe(self.expired_channel, self.wake_channel)
                 await self._confirmed(pubsub, 2)
@@ -63,17 +63,17 @@ class Listener:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("notification listener lost its connection: %s", exc)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                await pubsub.aclose()
             if await wait_or_stop(self.stopping, backoff):
                 return
             backoff = min(backoff * 2, 2.0)
 
-    async def _confirmed(self, pubsub: Any, expected: int) -> None:
+    async def _confirmed(self, pubsub: Subscription, expected: int) -> None:
         """Wait until the server confirmed every subscription: before that, a nudge or an
         event may still be missed, and the caller must not count on them yet."""
         confirmed = 0
         while confirmed < expected:
-            message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+            message = await pubsub.message(timeout=5.0, confirmations=True)
             if message is None:
                 raise RedisTimeoutError("no subscription confirmation within 5 s")
             if message["type"] == "subscribe":
@@ -89,10 +89,10 @@ class Listener:
         if timer_id is not None:
             self.on_expired(timer_id)
 
-    async def _receive(self, pubsub: Any) -> None:
+    async def _receive(self, pubsub: Subscription) -> None:
         handled = 0
         while not self.stopping.is_set():
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            message = await pubsub.message(timeout=1.0)
             handled += 1
             if handled % YIELD_EVERY == 0:
                 # Buffered messages are parsed without yielding; expirations of many unrelated

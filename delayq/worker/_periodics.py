@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
 from delayq._app import Delayq
 from delayq._periodic import MISFIRE_GRACE_MS, Periodic, tick_of
-from delayq.worker._engine import Delivery, Engine
+from delayq.worker._engine import Delivery, Engine, PeriodicState
 
 log = logging.getLogger("delayq.worker")
 Decision = Literal["run", "skip", "requeued"]
@@ -20,17 +19,6 @@ CAS_ATTEMPTS = 5
 IN_FLIGHT_SCAN = 2000
 # Entry ids come from the server's clock, which may step back a little after the arming.
 CLOCK_STEP_MARGIN_MS = 60_000
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    sig: str
-    armed: str
-    armed_at: str = ""
-
-    @property
-    def armed_ms(self) -> int | None:
-        return int(self.armed) if self.armed else None
 
 
 class PeriodicRunner:
@@ -43,22 +31,18 @@ class PeriodicRunner:
         self.deferred: dict[str, int] = {}  # entry id -> tick whose successor is armed after it
         self.skipped = 0
 
-    async def state(self, name: str) -> State:
-        raw: list[Any] = await self.engine.client.hmget(
-            self.app.keys.periodic_state(name), ["sig", "armed", "armed_at"]
-        )
-        sig, armed, armed_at = (v.decode() if v is not None else "" for v in raw)
-        return State(sig, armed, armed_at)
+    async def state(self, name: str) -> PeriodicState:
+        return await self.engine.run(self.engine.periodic_state(name))
 
-    async def _arm(self, task: Periodic[Any, Any], seen: State, tick_ms: int) -> int:
+    async def _arm(self, task: Periodic[Any, Any], seen: PeriodicState, tick_ms: int) -> int:
         cancel = None
         if seen.sig and seen.sig != task.periodic.schedule.signature and seen.armed:
             cancel = task.tick_id(int(seen.armed))  # the old schedule's pending tick
         payload = task.tick_payload(max_bytes=self.app.max_payload_bytes)
-        return await self.engine.arm_tick(
+        return await self.engine.run(self.engine.arm_tick(
             task.name, seen.sig, seen.armed, task.periodic.schedule.signature, tick_ms,
             task.due_ms(tick_ms), task.tick_id(tick_ms), payload, cancel,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     async def register_all(self) -> None:
         """At start: arm each schedule's next tick; replace changed ones; stop removed ones."""
@@ -71,8 +55,7 @@ class PeriodicRunner:
                 if isinstance(exc, RedisError):
                     raise
                 log.error("could not arm periodic task %s: %r", task.name, exc)
-        stored: set[Any] = await self.engine.client.smembers(self.app.keys.periodics)
-        for name in sorted(n.decode() for n in stored):
+        for name in await self.engine.run(self.engine.periodic_names()):
             if name not in self.periodics:
                 await self.remove(name)
 
@@ -87,8 +70,8 @@ class PeriodicRunner:
             if not replace and seen.sig != sig:
                 return
             if replace:
-                await self.engine.client.sadd(self.app.keys.periodics, task.name)
-            now = await self.engine.server_time_ms()
+                await self.engine.run(self.engine.add_periodic(task.name))
+            now = await self.engine.run(self.engine.server_time_ms())
             if seen.sig == sig and seen.armed_ms is not None:
                 if await self._alive(task, seen):
                     return  # its tick is armed or on its way, and will chain the next one
@@ -102,21 +85,26 @@ class PeriodicRunner:
                 return
         log.warning("could not register periodic task %s: its state kept changing", task.name)
 
-    async def _alive(self, task: Periodic[Any, Any], seen: State) -> bool:
+    async def _alive(self, task: Periodic[Any, Any], seen: PeriodicState) -> bool:
         """Whether the armed tick is pending, or fired with its run not settled yet."""
         assert seen.armed_ms is not None
         tick_id = task.tick_id(seen.armed_ms)
-        if await self.engine.is_pending(tick_id):
+        if await self.engine.run(self.engine.is_pending(tick_id)):
             return True
         # It cannot have fired before it was armed nor before it was due.
         since = max(int(seen.armed_at or 0), task.due_ms(seen.armed_ms)) - CLOCK_STEP_MARGIN_MS
-        return await self.engine.tick_in_flight(tick_id, since, IN_FLIGHT_SCAN) is not False
+        return (
+            await self.engine.run(self.engine.tick_in_flight(tick_id, since, IN_FLIGHT_SCAN))
+            is not False
+        )
 
     async def remove(self, name: str) -> None:
         seen = await self.state(name)
         cancel = f"~p:{name}@{seen.armed}" if seen.armed else None
-        await self.engine.arm_tick(name, seen.sig, seen.armed, "", 0, 0, "", b"", cancel)
-        await self.engine.client.srem(self.app.keys.periodics, name)
+        await self.engine.run(
+            self.engine.arm_tick(name, seen.sig, seen.armed, "", 0, 0, "", b"", cancel)
+        )
+        await self.engine.run(self.engine.drop_periodic(name))
         log.info("periodic task %s is no longer in the code: its schedule was removed", name)
 
     async def on_tick(self, task: Periodic[Any, Any], d: Delivery, attempt: int) -> Decision:
@@ -125,7 +113,7 @@ class PeriodicRunner:
         if parsed is None:
             return "run"  # a retry of a tick, under another id: just run it
         _name, tick_ms = parsed
-        now = await self.engine.server_time_ms()
+        now = await self.engine.run(self.engine.server_time_ms())
         following = task.chained_tick_ms(tick_ms, now)
         if following > now:
             await self.advance(task, tick_ms, now)
@@ -158,17 +146,20 @@ class PeriodicRunner:
         its own (its worker died mid-run), or take it from a run that is over: a lock whose
         holder's delivery is no longer pending was left behind by a release that failed (the
         server was unreachable, or restored from a snapshot) and must not skip ticks."""
-        if await self.engine.client.set(lock, token, nx=True, px=self.lock_ttl_ms):
+        take = self.engine.take_lock(lock, token, self.lock_ttl_ms)
+        if await self.engine.run(take):
             return True
-        if await self.engine.renew(lock, token, self.lock_ttl_ms):
+        if await self.engine.run(self.engine.renew(lock, token, self.lock_ttl_ms)):
             return True
-        holder: Any = await self.engine.client.get(lock)
-        if holder is not None and await self.engine.deliveries_of([holder.decode()]) != [0]:
+        holder = await self.engine.run(self.engine.lock_holder(lock))
+        if holder is not None and await self.engine.run(
+            self.engine.deliveries_of([holder.decode()])
+        ) != [0]:
             return False  # the previous run is still going
         if holder is not None:
             log.info("taking over the overlap lock %s of a run that is over", lock)
-            await self.engine.forget(lock, holder)
-        return bool(await self.engine.client.set(lock, token, nx=True, px=self.lock_ttl_ms))
+            await self.engine.run(self.engine.forget(lock, holder))
+        return await self.engine.run(take)
 
     async def advance(self, task: Periodic[Any, Any], tick_ms: int, now: int) -> None:
         """Arm the tick after ``tick_ms``, unless another worker or a new schedule did."""
@@ -180,21 +171,21 @@ class PeriodicRunner:
         lock = self.app.keys.periodic_lock(task.name)
         token = self.held_locks.pop(lock, None)
         if token is not None:
-            await self.engine.forget(lock, token.encode())
+            await self.engine.run(self.engine.forget(lock, token.encode()))
         # Released first: the deferred next tick may be due at once and must find it free.
         await self._advance_deferred(task, d)
         parsed = tick_of(d.timer_id)
         if parsed is not None:
-            await self.engine.record_run(task.name, parsed[1], d.fired_ms)
+            await self.engine.run(self.engine.record_run(task.name, parsed[1], d.fired_ms))
 
     async def _advance_deferred(self, task: Periodic[Any, Any], d: Delivery) -> None:
         deferred = self.deferred.pop(d.entry_id, None)
         if deferred is not None:
-            await self.advance(task, deferred, await self.engine.server_time_ms())
+            await self.advance(task, deferred, await self.engine.run(self.engine.server_time_ms()))
 
     async def refresh_locks(self) -> None:
         for lock, token in list(self.held_locks.items()):
-            await self.engine.renew(lock, token, self.lock_ttl_ms)
+            await self.engine.run(self.engine.renew(lock, token, self.lock_ttl_ms))
 
     async def keep_armed(self) -> None:
         """Every sweep: re-arm a schedule whose pending tick was cancelled or lost."""

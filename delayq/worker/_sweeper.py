@@ -75,16 +75,16 @@ class Sweeper:
         repaired = 0
         cursor = 0
         while True:
-            cursor, ids = await self.engine.scan_data_ids(cursor, SCAN_COUNT)
+            cursor, ids = await self.engine.run(self.engine.scan_data_ids(cursor, SCAN_COUNT))
             if ids:
-                suspects = await self.engine.unindexed(ids)
+                suspects = await self.engine.run(self.engine.unindexed(ids))
                 if suspects:
-                    repaired += await self.engine.repair(suspects)
+                    repaired += await self.engine.run(self.engine.repair(suspects))
             if cursor == 0:
                 break
         if repaired:
             self.counters.repaired_data += repaired
             log.warning("sweep re-indexed %d timer(s) missing from the due index", repaired)
             self.firing.wake.set()
-        for name in await self.engine.stale_consumers(CONSUMER_IDLE_MS):
-            await self.engine.drop_consumer(name)
+        for name in await self.engine.run(self.engine.stale_consumers(CONSUMER_IDLE_MS)):
+            await self.engine.run(self.engine.drop_consumer(name))

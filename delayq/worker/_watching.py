@@ -28,8 +28,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delayq._app import Delayq
 from delayq._keys import Keys
+from delayq._runners import AsyncRunner, Subscription
 from delayq._watch import Watcher, WatchTarget, resolve
-from delayq.worker._engine import AsyncClient, Engine, WatchOp, monotonic_ms
+from delayq.worker._engine import Engine, WatchOp, monotonic_ms
 from delayq.worker._loops import wait_any, wait_or_stop
 
 log = logging.getLogger("delayq.worker")
@@ -55,12 +56,12 @@ class LeaseLost(Exception):
 
 class Watching:
     def __init__(
-        self, app: Delayq, engine: Engine, listen_client: AsyncClient, *, db: int, batch: int,
+        self, app: Delayq, engine: Engine, listen: AsyncRunner, *, db: int, batch: int,
         lease_s: float, stopping: asyncio.Event,
     ) -> None:  # fmt: skip
         self.app = app
         self.engine = engine
-        self.listen_client = listen_client
+        self.listen = listen
         self.batch = batch
         self.lease_ms = round(lease_s * 1000)
         self.stopping = stopping
@@ -113,7 +114,9 @@ class Watching:
     async def run(self) -> None:
         """Try for the lease; while it is held, lead. Runs as the "watched keys" loop."""
         while not self.stopping.is_set():
-            self.epoch = await self.engine.watch_lease("acquire", self.token, self.lease_ms)
+            self.epoch = await self.engine.run(
+                self.engine.watch_lease("acquire", self.token, self.lease_ms)
+            )
             if not self.leading:
                 if await wait_or_stop(self.stopping, self.lease_ms / 3000):
                     return
@@ -127,7 +130,9 @@ class Watching:
             finally:
                 if self.stopping.is_set():
                     with contextlib.suppress(Exception):
-                        await self.engine.watch_lease("release", self.token, self.lease_ms)
+                        await self.engine.run(
+                            self.engine.watch_lease("release", self.token, self.lease_ms)
+                        )
                 self.epoch = 0
                 self.queue.clear()
                 self.probes.clear()
@@ -158,7 +163,9 @@ class Watching:
             await self._keep_lease()
 
     async def _keep_lease(self) -> None:
-        epoch = await self.engine.watch_lease("renew", self.token, self.lease_ms, self.epoch)
+        epoch = await self.engine.run(
+            self.engine.watch_lease("renew", self.token, self.lease_ms, self.epoch)
+        )
         if epoch != self.epoch:
             raise LeaseLost
 
@@ -168,7 +175,7 @@ class Watching:
         """The leader's subscription; after each (re)connect, a scan covers what was missed."""
         backoff = 0.05
         while not self.ending.is_set():
-            pubsub = self.listen_client.pubsub()
+            pubsub = self.listen.subscription()
             try:
                 await pubsub.subscribe(self.channel)
                 await pubsub.psubscribe(*self.subscriptions)
@@ -177,20 +184,20 @@ class Watching:
                 self.wake.set()
                 backoff = 0.05
                 while not self.ending.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = await pubsub.message(timeout=1.0)
                     if message is not None:
                         self._heard(message)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("watched-keys subscription lost its connection: %s", exc)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                await pubsub.aclose()
             await wait_or_stop(self.ending, backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _confirmed(self, pubsub: Any, expected: int) -> None:
+    async def _confirmed(self, pubsub: Subscription, expected: int) -> None:
         confirmed = 0
         while confirmed < expected:
-            message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+            message = await pubsub.message(timeout=5.0, confirmations=True)
             if message is None:
                 raise RedisTimeoutError("no subscription confirmation within 5 s")
             if message["type"] in ("subscribe", "psubscribe"):
@@ -252,7 +259,7 @@ class Watching:
         backoff = 0.05
         while not self.ending.is_set():
             try:
-                result = await self.engine.apply_watch(self.token, ops)
+                result = await self.engine.run(self.engine.apply_watch(self.token, ops))
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # The queue keeps its order only if this batch goes through before the next.
                 log.warning("applying watched-key events failed (%s); retrying", exc)
@@ -270,7 +277,7 @@ class Watching:
     async def _deadlines(self) -> None:
         while not self.ending.is_set():
             self.wake.clear()
-            due = await self.engine.due(self.app.keys.watch_index, self.batch)
+            due = await self.engine.run(self.engine.due(self.app.keys.watch_index, self.batch))
             self.offset_ms = due.now_ms - monotonic_ms()
             if due.ids:
                 await self._probe([self.resolve(i) for i in due.ids])
@@ -287,7 +294,7 @@ class Watching:
         seq = self.probe_seq
         applied = self.probes[seq] = asyncio.Event()
         try:
-            if await self.engine.probe_watch(self.channel, seq, targets) == 0:
+            if await self.engine.run(self.engine.probe_watch(self.channel, seq, targets)) == 0:
                 await asyncio.sleep(0.001)  # keys at their last millisecond: look again
             await wait_any([applied, self.ending], PROBE_TIMEOUT)
         finally:
@@ -299,7 +306,7 @@ class Watching:
             if self.ending.is_set():
                 return
             self.scan_requested.clear()
-            await self.engine.adopt_old_watch_timers(SCAN_COUNT)
+            await self.engine.run(self.engine.adopt_old_watch_timers(SCAN_COUNT))
             await self.scan()
 
     async def scan(self) -> None:
@@ -307,7 +314,9 @@ class Watching:
         for pattern in self.patterns():
             cursor = 0
             while not self.ending.is_set():
-                cursor, keys = await self.engine.scan_keys(cursor, pattern, SCAN_COUNT)
+                cursor, keys = await self.engine.run(
+                    self.engine.scan_keys(cursor, pattern, SCAN_COUNT)
+                )
                 self.queue.extend(("scan", key) for key in keys)
                 self.queued.set()
                 if cursor == 0:

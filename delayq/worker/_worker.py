@@ -19,16 +19,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from delayq._app import Delayq
 from delayq._connection import redact_url
 from delayq._defaults import find_task
+from delayq._runners import AsyncRunner
 from delayq._task import Task
-from delayq.worker._checks import _db, ensure_notifications, warn_on_eviction
-from delayq.worker._engine import AsyncClient, DeadLetterBound, Engine
+from delayq.worker._checks import ensure_notifications, warn_on_eviction
+from delayq.worker._engine import DeadLetterBound, Engine
 from delayq.worker._executor import Counters, Executor
 from delayq.worker._firing import Firing
 from delayq.worker._listener import Listener
@@ -107,33 +104,30 @@ class Worker:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
-        client: AsyncClient = aredis.Redis.from_url(self.app.url, **self.app.redis_options)
+        io = AsyncRunner.from_url(self.app.url, self.app.redis_options)
         # The listener's connection must not reconnect silently: a reconnect means a sweep.
-        listen_options = {**self.app.redis_options, "retry": Retry(NoBackoff(), 0)}
-        listen_client: AsyncClient = aredis.Redis.from_url(self.app.url, **listen_options)
+        listen = AsyncRunner.from_url(self.app.url, self.app.redis_options, retry=False)
         try:
-            await self._serve(client, listen_client, stopping)
+            await self._serve(io, listen, stopping)
         finally:
-            await listen_client.aclose()
-            await client.aclose()
+            await listen.close()
+            await io.close()
             self.stopped.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s: finishing running jobs, taking no new work", sig.name)
         self.stop()
 
-    async def _serve(
-        self, client: AsyncClient, listen_client: AsyncClient, stopping: asyncio.Event
-    ) -> None:
+    async def _serve(self, io: AsyncRunner, listen: AsyncRunner, stopping: asyncio.Event) -> None:
         settings, app = self.settings, self.app
-        engine = Engine(client, app.keys, self.name)
+        engine = Engine(io, app.keys, self.name)
         await ensure_notifications(
-            client, app.keys, configure=settings.configure_server, keyspace=bool(app.watchers)
+            io, app.keys, configure=settings.configure_server, keyspace=bool(app.watchers)
         )
-        await warn_on_eviction(client)
-        await engine.ensure_group()
+        await warn_on_eviction(io)
+        await engine.run(engine.ensure_group())
         watching = self._watching = Watching(
-            app, engine, listen_client, db=_db(client), batch=settings.fire_batch,
+            app, engine, listen, db=io.db, batch=settings.fire_batch,
             lease_s=settings.watch_lease, stopping=stopping,
         )  # fmt: skip
         firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping)
@@ -154,7 +148,7 @@ class Worker:
             each_sweep=periodics.keep_armed if periodics.periodics else None,
         )  # fmt: skip
         listener = Listener(
-            listen_client, app.keys, _db(client),
+            listen, app.keys, io.db,
             on_expired=firing.hint,
             on_wake=firing.wake.set,
             on_connect=functools.partial(self._after_connect, sweeper, firing),

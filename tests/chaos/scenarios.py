@@ -89,11 +89,11 @@ def server_restart_rdb(workdir: Path, full: bool) -> Ledger:
             # is lost with the crash (that loss would be the persistence mode's, not ours).
             chaos.client.client_pause(10_000, all=False)
             chaos.client.save()
-            snapshot_ms = chaos.producer.store.server_time_ms()
+            snapshot_ms = chaos.producer.server_time_ms()
             chaos.server.stop(kill=True)
             time.sleep(2.5)
             chaos.server.start()
-            loaded_ms = chaos.producer.store.server_time_ms()
+            loaded_ms = chaos.producer.server_time_ms()
             # A shadow key lives until its deadline plus a 1 s grace.
             dropped += sum(
                 snapshot_ms < due + 1000 < loaded_ms for due in chaos.delayed_due.values()

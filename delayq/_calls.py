@@ -1,0 +1,92 @@
+"""What delayq asks of the server, as values: no I/O happens here.
+
+A ``Call`` is one command or one script run, with the function that reads its reply. A
+``Batch`` is many calls sent in one round trip. A ``Flow`` is an operation that needs more than
+one round trip, written once as a generator: it yields calls or batches, is sent their decoded
+replies, and returns its result. The runners (``_runners``) do the I/O, synchronously or with
+asyncio, so that each operation is written once for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def _as_is(reply: Any) -> Any:
+    return reply
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One command (``script`` None: ``args`` starts with the command's name) or one run of the
+    script named ``script`` (``args`` is its keys, then its arguments)."""
+
+    args: tuple[Any, ...]
+    decode: Callable[[Any], T] = _as_is
+    script: str | None = None
+    numkeys: int = 0
+    # Set on calls that add work: what to name in the ServerOutOfMemory raised when the server
+    # refuses the call for lack of memory ("timer 'a' was").
+    refused: str | None = None
+    # Passed to redis-py's reply parser for this command (e.g. ``withscores``).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def command(*args: Any, decode: Callable[[Any], T] = _as_is, **options: Any) -> Call[T]:
+    return Call(args, decode, options=options)
+
+
+def script(
+    name: str,
+    keys: Sequence[Any],
+    args: Sequence[Any] = (),
+    *,
+    decode: Callable[[Any], T] = _as_is,
+    refused: str | None = None,
+) -> Call[T]:
+    return Call((*keys, *args), decode, name, len(keys), refused)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch(Generic[T]):
+    """Calls sent together, ``chunk`` per round trip; their replies come back in order.
+
+    With ``transaction``, the calls run as one MULTI/EXEC (and ``chunk`` is ignored). A batch
+    whose calls fail raises the first failure once every call of its chunk has been sent; for a
+    refusal for lack of memory, a ServerOutOfMemory that counts the calls that completed.
+    """
+
+    calls: Sequence[Call[T]]
+    chunk: int = 1000
+    transaction: bool = False
+    refused: str = "calls of a batch"  # the ServerOutOfMemory's wording: "3 of a batch of 10 were"
+
+
+Step = Call[Any] | Batch[Any]
+Flow = Generator[Step, Any, T]
+
+
+def mapped(call: Call[T], then: Callable[[T], U]) -> Call[U]:
+    """The same call, its decoded reply passed through ``then``."""
+    decode = call.decode
+    return Call(call.args, lambda reply: then(decode(reply)), call.script, call.numkeys,
+                call.refused, call.options)  # fmt: skip
+
+
+def server_ms(reply: Any) -> int:
+    """TIME's reply (seconds, microseconds) as milliseconds."""
+    sec, usec = reply
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def server_time() -> Call[int]:
+    return command("TIME", decode=server_ms)

@@ -1,0 +1,306 @@
+"""The only code that talks to the server: runners that send ``_calls`` values and return their
+decoded replies, one synchronous and one for asyncio.
+
+Each runner owns its client (and so its connection pool). Scripts are sent by their SHA1
+(EVALSHA) and loaded when the server does not know them yet (after a restart or SCRIPT
+FLUSH). Everything else, the keys, arguments and reading of replies, is built once in
+``_calls`` values by the I/O-free layer, whichever runner sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Any, Generic, TypeVar, overload
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, OutOfMemoryError
+
+from delayq._calls import Batch, Call, Flow, Step
+from delayq._errors import ServerOutOfMemory
+from delayq._scripts import SCRIPTS
+
+T = TypeVar("T")
+
+
+def out_of_memory(what: str, *, completed: int = 0) -> ServerOutOfMemory:
+    return ServerOutOfMemory(
+        f"the server's memory is full (used memory above maxmemory, policy noeviction): {what} "
+        "refused, and nothing stored before was changed; pending timers still fire and "
+        "workers free memory as jobs finish",
+        completed=completed,
+    )
+
+
+def _wire(call: Call[Any]) -> tuple[Any, ...]:
+    if call.script is None:
+        return call.args
+    return ("EVALSHA", SCRIPTS.sha(call.script), call.numkeys, *call.args)
+
+
+def _unknown_scripts(calls: Sequence[Call[Any]], replies: list[Any]) -> set[str]:
+    return {c.script for c, r in zip(calls, replies, strict=True)
+            if c.script is not None and isinstance(r, NoScriptError)}  # fmt: skip
+
+
+def _decoded(batch: Batch[T], calls: Sequence[Call[T]], replies: list[Any], done: int) -> list[T]:
+    """The chunk's replies decoded, or its first failure raised (after it was all sent)."""
+    errors = [r for r in replies if isinstance(r, Exception)]
+    if errors:
+        first = errors[0]
+        if isinstance(first, OutOfMemoryError):
+            total = len(batch.calls)
+            completed = done + len(replies) - len(errors)
+            raise out_of_memory(f"{total - completed} of {batch.refused} {total} were",
+                                completed=completed) from first  # fmt: skip
+        raise first
+    return [call.decode(reply) for call, reply in zip(calls, replies, strict=True)]
+
+
+def _chunks(batch: Batch[T]) -> list[Sequence[Call[T]]]:
+    calls = batch.calls
+    if batch.transaction or not calls:
+        return [calls]
+    return [calls[i : i + batch.chunk] for i in range(0, len(calls), batch.chunk)]
+
+
+class _Driven(Generic[T]):
+    """A flow being driven: the next step it asks for, fed the last reply or failure."""
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self.flow = flow
+        self.reply: Any = None
+        self.failure: Exception | None = None
+        self.result: T
+
+    def next_step(self) -> Step | None:
+        """The next step to send, or None once the flow returned (its value in ``result``)."""
+        failure, self.failure = self.failure, None
+        try:
+            return self.flow.throw(failure) if failure is not None else self.flow.send(self.reply)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+
+# Callers beyond the pool's size wait for a free connection (up to its timeout) instead of
+# failing at once with "Too many connections": a thousand tasks may schedule at once.
+POOL_SIZE = 100
+
+
+async def _cancellable(awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, or CancelledError if the task was cancelled meanwhile.
+
+    On Python 3.11, ``asyncio.wait_for`` (used inside redis-py) drops a cancellation that
+    arrives as the reply does; the task would then carry on, and a loop meant to stop
+    would not. Python 3.12 fixed this; the check costs nothing there.
+    """
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    result = await awaitable
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
+
+
+def _pooled(options: dict[str, Any]) -> dict[str, Any]:
+    return {"max_connections": POOL_SIZE, **options}
+
+
+class SyncRunner:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    @classmethod
+    def from_url(cls, url: str, options: dict[str, Any]) -> SyncRunner:
+        pool = redis.BlockingConnectionPool.from_url(url, **_pooled(options))
+        return cls(redis.Redis.from_pool(pool))
+
+    @property
+    def db(self) -> int:
+        return int(self.client.connection_pool.connection_kwargs.get("db") or 0)
+
+    def close(self) -> None:
+        self.client.close()
+
+    @overload
+    def run(self, step: Call[T] | Flow[T]) -> T: ...
+
+    @overload
+    def run(self, step: Batch[T]) -> list[T]: ...
+
+    def run(self, step: Call[T] | Batch[T] | Flow[T]) -> T | list[T]:
+        """Send one call or batch and return the decoded reply, or drive a flow to its result."""
+        if isinstance(step, Call | Batch):
+            return self._step(step)  # type: ignore[no-any-return]
+        flow = _Driven(step)
+        while (nxt := flow.next_step()) is not None:
+            try:
+                flow.reply = self._step(nxt)
+            except Exception as exc:  # handed to the flow, which may handle it
+                flow.failure = exc
+        return flow.result
+
+    def _step(self, step: Step) -> Any:
+        return self._call(step) if isinstance(step, Call) else self._batch(step)
+
+    def _call(self, call: Call[T]) -> T:
+        try:
+            try:
+                reply = self.client.execute_command(  # type: ignore[no-untyped-call]
+                    *_wire(call), **call.options
+                )
+            except NoScriptError:
+                self._load({call.script or ""})
+                reply = self.client.execute_command(  # type: ignore[no-untyped-call]
+                    *_wire(call), **call.options
+                )
+        except OutOfMemoryError as exc:
+            if call.refused is None:
+                raise
+            raise out_of_memory(call.refused) from exc
+        return call.decode(reply)
+
+    def _load(self, names: set[str]) -> None:
+        for name in names:
+            self.client.execute_command(  # type: ignore[no-untyped-call]
+                "SCRIPT", "LOAD", SCRIPTS.source(name)
+            )
+
+    def _batch(self, batch: Batch[T]) -> list[T]:
+        decoded: list[T] = []
+        for calls in _chunks(batch):
+            replies = self._send(calls, batch.transaction)
+            unknown = _unknown_scripts(calls, replies)
+            if unknown:  # none of these ran: load, send them again
+                self._load(unknown)
+                again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                resent = self._send([calls[i] for i in again], batch.transaction)
+                for i, reply in zip(again, resent, strict=True):
+                    replies[i] = reply
+            decoded += _decoded(batch, calls, replies, len(decoded))
+        return decoded
+
+    def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
+        if not calls:
+            return []
+        with self.client.pipeline(transaction=transaction) as pipe:
+            for call in calls:
+                pipe.execute_command(*_wire(call), **call.options)  # type: ignore[no-untyped-call]
+            return pipe.execute(raise_on_error=False)
+
+
+class AsyncRunner:
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+
+    @classmethod
+    def from_url(cls, url: str, options: dict[str, Any], *, retry: bool = True) -> AsyncRunner:
+        """``retry=False``: a connection that must not reconnect silently (a subscription: a
+        reconnect means events were missed, and its owner must know)."""
+        if not retry:
+            options = {**options, "retry": Retry(NoBackoff(), 0)}
+        pool = aredis.BlockingConnectionPool.from_url(url, **_pooled(options))
+        return cls(aredis.Redis.from_pool(pool))
+
+    @property
+    def db(self) -> int:
+        return int(self.client.connection_pool.connection_kwargs.get("db") or 0)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    @overload
+    async def run(self, step: Call[T] | Flow[T]) -> T: ...
+
+    @overload
+    async def run(self, step: Batch[T]) -> list[T]: ...
+
+    async def run(self, step: Call[T] | Batch[T] | Flow[T]) -> T | list[T]:
+        """Send one call or batch and return the decoded reply, or drive a flow to its result."""
+        if isinstance(step, Call | Batch):
+            return await self._step(step)  # type: ignore[no-any-return]
+        flow = _Driven(step)
+        while (nxt := flow.next_step()) is not None:
+            try:
+                flow.reply = await self._step(nxt)
+            except Exception as exc:  # handed to the flow, which may handle it
+                flow.failure = exc
+        return flow.result
+
+    async def _step(self, step: Step) -> Any:
+        return await _cancellable(self._call(step) if isinstance(step, Call) else self._batch(step))
+
+    async def _call(self, call: Call[T]) -> T:
+        try:
+            try:
+                reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+                    *_wire(call), **call.options
+                )
+            except NoScriptError:
+                await self._load({call.script or ""})
+                reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+                    *_wire(call), **call.options
+                )
+        except OutOfMemoryError as exc:
+            if call.refused is None:
+                raise
+            raise out_of_memory(call.refused) from exc
+        return call.decode(reply)
+
+    async def _load(self, names: set[str]) -> None:
+        for name in names:
+            await self.client.execute_command(  # type: ignore[no-untyped-call]
+                "SCRIPT", "LOAD", SCRIPTS.source(name)
+            )
+
+    async def _batch(self, batch: Batch[T]) -> list[T]:
+        decoded: list[T] = []
+        for calls in _chunks(batch):
+            replies = await self._send(calls, batch.transaction)
+            unknown = _unknown_scripts(calls, replies)
+            if unknown:  # none of these ran: load, send them again
+                await self._load(unknown)
+                again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                resent = await self._send([calls[i] for i in again], batch.transaction)
+                for i, reply in zip(again, resent, strict=True):
+                    replies[i] = reply
+            decoded += _decoded(batch, calls, replies, len(decoded))
+        return decoded
+
+    async def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
+        if not calls:
+            return []
+        async with self.client.pipeline(transaction=transaction) as pipe:
+            for call in calls:
+                pipe.execute_command(*_wire(call), **call.options)
+            return await pipe.execute(raise_on_error=False)
+
+    def subscription(self) -> Subscription:
+        return Subscription(self.client.pubsub())
+
+
+class Subscription:
+    """One pub/sub connection (see ``unretried`` for one that must not reconnect silently)."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def subscribe(self, *channels: str | bytes) -> None:
+        await _cancellable(self._pubsub.subscribe(*channels))
+
+    async def psubscribe(self, *patterns: str | bytes) -> None:
+        await _cancellable(self._pubsub.psubscribe(*patterns))
+
+    async def message(self, *, timeout: float, confirmations: bool = False) -> Any:
+        """The next message, None after ``timeout`` s; with ``confirmations``, the server's
+        subscribe replies too."""
+        return await _cancellable(
+            self._pubsub.get_message(ignore_subscribe_messages=not confirmations, timeout=timeout)
+        )
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()

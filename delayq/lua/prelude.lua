@@ -1,0 +1,39 @@
+-- prelude.lua: code the scripts share, placed after each script's #!lua line (see _scripts.py).
+-- Its names (GRACE, server_now, arm, settle) are the scripts' own: they never copy it.
+--
+-- A shadow key outlives its deadline by GRACE ms (SHADOW_GRACE_MS in _keys.py): a timer
+-- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
+local GRACE = @SHADOW_GRACE_MS@
+
+-- The server's clock, ms: every deadline is set and judged by it, never by a client's clock.
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Arm timer `id` (its data key is the caller's): a shadow key holding `duration` (what a
+-- restart arms again) that expires GRACE after `due`, and its due-index entry. A new earliest
+-- deadline is published on `wake`, so that a worker sleeping until a later one wakes for it.
+local function arm(shadow, index, id, due, duration, now, wake)
+  local ttl = due - now
+  if ttl < 1 then ttl = 1 end
+  local head = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  redis.call('SET', shadow, duration, 'PX', ttl + GRACE)
+  redis.call('ZADD', index, due, id)
+  if head[2] == nil or due < tonumber(head[2]) then
+    redis.call('PUBLISH', wake, due)
+  end
+end
+
+-- Settle a delivery of the ready stream: only the worker that still owns the entry may
+-- (XPENDING names the owner; another worker may have taken it over); the entry then leaves
+-- the stream. Returns whether it did.
+local function settle(stream, group, entry, consumer)
+  local owner = redis.call('XPENDING', stream, group, entry, entry, 1)
+  if not owner[1] or owner[1][2] ~= consumer or redis.call('XACK', stream, group, entry) == 0 then
+    return false
+  end
+  redis.call('XDEL', stream, entry)
+  return true
+end
+

@@ -1,0 +1,395 @@
+"""The worker's side of the protocol: every call a worker sends, built and read here without
+I/O (``Engine`` sends them with the worker's asyncio runner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from delayq._calls import Batch, Call, Flow, command, script, server_time, text
+from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys
+from delayq._watch import WatchTarget, is_watch_id
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One fired job as read from the ready stream."""
+
+    entry_id: str
+    timer_id: str
+    raw: bytes
+    due_ms: int
+    items: bytes | None = None  # debounced payload="all": the touches, concatenated msgpack
+    watched_data: bytes | None = None  # on_expire: the companion key's value
+
+    @property
+    def fired_ms(self) -> int:
+        return int(self.entry_id.split("-", 1)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class FireResult:
+    now_ms: int
+    fired: int
+    next_due_ms: int | None
+    orphans: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterBound:
+    """How large the dead-letter stream may grow: entries, and bytes (approximately)."""
+
+    maxlen: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOp:
+    """One operation of watch.lua (see its header) on one watch timer."""
+
+    op: str  # write, scan, gone, expired, observe
+    target: WatchTarget
+    seen_ms: int | None = None  # observe: the probe's server time
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    now_ms: int  # the server's clock when the index was read
+    first_ms: int | None  # the earliest deadline in the index
+    ids: list[str]  # due by now_ms, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicState:
+    sig: str
+    armed: str
+    armed_at: str
+
+    @property
+    def armed_ms(self) -> int | None:
+        return int(self.armed) if self.armed else None
+
+
+def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
+    return Delivery(
+        entry_id=entry_id.decode(),
+        timer_id=fields.get(b"i", b"").decode("utf-8", "replace"),
+        raw=fields.get(b"p", b""),
+        due_ms=_due_ms(fields.get(b"d")),
+        items=fields.get(b"a"),
+        watched_data=fields.get(b"w"),
+    )
+
+
+def _deliveries(entries: list[Any]) -> list[Delivery]:
+    return [_delivery(eid, fields) for eid, fields in entries if fields]
+
+
+def _due_ms(raw: bytes | None) -> int:
+    """An entry's deadline; 0 when it is missing or garbled (an entry written by something
+    else), so that one odd entry never stops a worker from reading those around it."""
+    try:
+        return int(float(raw)) if raw else 0
+    except (ValueError, OverflowError):
+        return 0
+
+
+def _fire_result(reply: list[Any]) -> FireResult:
+    now, fired, next_due, orphans = (int(v) for v in reply)
+    return FireResult(now, fired, None if next_due < 0 else next_due, orphans)
+
+
+def _due(reply: list[Any]) -> Due:
+    first = int(reply[1])
+    return Due(int(reply[0]), None if first < 0 else first, [i.decode() for i in reply[2:]])
+
+
+def _rearmed_due(reply: list[Any]) -> int | None:
+    return None if int(reply[0]) < 0 else int(reply[0])
+
+
+def _lost_group(exc: ResponseError) -> bool:
+    """The stream or its group vanished (FLUSHDB, an old snapshot): the group is made again."""
+    return "NOGROUP" in str(exc) or "no such key" in str(exc)
+
+
+class WorkerCalls:
+    """The calls of one worker (``consumer``) on one namespace; no I/O."""
+
+    def __init__(self, keys: Keys, consumer: str) -> None:
+        self.keys = keys
+        self.consumer = consumer
+
+    def server_time_ms(self) -> Call[int]:
+        return server_time()
+
+    def ensure_group(self) -> Call[Any]:
+        # From the stream's start, so jobs fired before any worker existed are delivered.
+        return script("ensure_group", [self.keys.ready], [GROUP])
+
+    # -- firing -------------------------------------------------------------------------------
+
+    def due(self, index: str, limit: int) -> Call[Due]:
+        """The ids of ``index`` due by the server's clock (oldest first), with that clock."""
+        return script("due", [index], [limit], decode=_due)
+
+    def fire(self, ids: list[str]) -> Call[FireResult]:
+        k = self.keys
+        keys = [k.index, k.ready, k.stats, k.first_touch]
+        for timer_id in ids:
+            keys += (k.shadow(timer_id), k.data(timer_id), k.items(timer_id))
+        return script("fire", keys, ids, decode=_fire_result)
+
+    def cancel(self, timer_id: str) -> Call[bool]:
+        k = self.keys
+        keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index, k.paused,
+                k.first_touch]  # fmt: skip
+        return script("cancel", keys, [timer_id], decode=bool)
+
+    def is_pending(self, timer_id: str) -> Call[bool]:
+        return command("ZSCORE", self.keys.index, timer_id, decode=lambda s: s is not None)
+
+    # -- watched keys (the watch leader) ------------------------------------------------------
+
+    def watch_lease(self, op: str, token: str, ttl_ms: int, epoch: int = 0) -> Call[int]:
+        """watch_lease.lua: the epoch of the leadership held after ``op``, 0 for none."""
+        k = self.keys
+        return script("watch_lease", [k.watch_lease, k.watch_epoch],
+                      [op, token, ttl_ms, epoch or ""], decode=int)  # fmt: skip
+
+    def apply_watch(self, token: str, ops: list[WatchOp]) -> Call[FireResult | None]:
+        """watch.lua: apply these operations in order; None if ``token`` lost the lease."""
+        k = self.keys
+        keys = [k.watch_lease, k.watch_index, k.ready, k.stats, k.paused]
+        args: list[Any] = [token]
+        for op in ops:
+            w = op.target
+            keys += (w.key, k.data(w.timer_id), w.companion or "")
+            args += (op.op, w.timer_id, w.payload, op.seen_ms if op.seen_ms is not None else "")
+
+        def decode(reply: list[Any]) -> FireResult | None:
+            return None if int(reply[0]) < 0 else _fire_result([*reply, 0])
+
+        return script("watch", keys, args, decode=decode)
+
+    def probe_watch(self, channel: str, seq: int, targets: list[WatchTarget]) -> Call[int]:
+        """watch_probe.lua: expire what is overdue, then publish a barrier with the ids to
+        judge; returns how many it holds."""
+        keys = [self.keys.watch_index, *(t.key for t in targets)]
+        args: list[Any] = [channel, seq, *(t.timer_id for t in targets)]
+        return script("watch_probe", keys, args, decode=lambda reply: int(reply[1]))
+
+    def adopt_old_watch_timers(self, count: int) -> Flow[None]:
+        """Adopt every watch timer found in the plain due index (see adopt_watch_timers)."""
+        cursor = 0
+        while True:
+            cursor, found = yield command("ZSCAN", self.keys.index, cursor, "MATCH",
+                                          WATCH_ID_PREFIX + "*", "COUNT", count,
+                                          score_cast_func=float)  # fmt: skip
+            if found:
+                yield from self.adopt_watch_timers([member.decode() for member, _ in found])
+            if int(cursor) == 0:
+                return
+
+    def adopt_watch_timers(self, ids: list[str]) -> Flow[None]:
+        """Move watch timers found in the plain due index (armed by an older version) into
+        the watch index, where the watch leader judges them."""
+        k = self.keys
+        scores = yield command("ZMSCORE", k.index, *ids)
+        found = [part for i, s in zip(ids, scores, strict=True) if s is not None
+                 for part in (s, i)]  # fmt: skip
+        moves: list[Call[Any]] = [command("ZADD", k.watch_index, "NX", *found)] if found else []
+        yield Batch([*moves, command("ZREM", k.index, *ids)], transaction=True)
+
+    def scan_keys(self, cursor: int, pattern: str, count: int) -> Call[tuple[int, list[str]]]:
+        def decode(reply: Any) -> tuple[int, list[str]]:
+            decoded = []
+            for name in reply[1]:
+                try:
+                    decoded.append(name.decode())
+                except UnicodeDecodeError:
+                    continue  # not a name delayq could have been asked to watch
+            return int(reply[0]), decoded
+
+        return command("SCAN", cursor, "MATCH", pattern, "COUNT", count, decode=decode)
+
+    def forget(self, companion: str, value: bytes) -> Call[Any]:
+        return script("forget", [companion], [value])
+
+    # -- periodic tasks -----------------------------------------------------------------------
+
+    def periodic_state(self, task: str) -> Call[PeriodicState]:
+        def decode(raw: list[Any]) -> PeriodicState:
+            return PeriodicState(*(text(v) if v is not None else "" for v in raw))
+
+        return command("HMGET", self.keys.periodic_state(task), "sig", "armed", "armed_at",
+                       decode=decode)  # fmt: skip
+
+    def periodic_names(self) -> Call[list[str]]:
+        return command("SMEMBERS", self.keys.periodics,
+                       decode=lambda names: sorted(text(n) for n in names))  # fmt: skip
+
+    def add_periodic(self, name: str) -> Call[Any]:
+        return command("SADD", self.keys.periodics, name)
+
+    def drop_periodic(self, name: str) -> Call[Any]:
+        return command("SREM", self.keys.periodics, name)
+
+    def arm_tick(
+        self, task: str, sig: str, armed: str, new_sig: str, tick_ms: int, due_ms: int,
+        timer_id: str, payload: bytes, cancel_id: str | None,
+    ) -> Call[int]:  # fmt: skip
+        """periodic.lua: arm a periodic task's next tick, compare-and-set on its state."""
+        k = self.keys
+        keys = [k.periodic_state(task), k.shadow(timer_id or "-"), k.data(timer_id or "-"),
+                k.index, k.shadow(cancel_id or "-"), k.data(cancel_id or "-"),
+                k.paused]  # fmt: skip
+        args: list[Any] = [sig, armed, new_sig, tick_ms, due_ms, timer_id, payload,
+                           k.wake_channel, cancel_id or ""]  # fmt: skip
+        return script("periodic", keys, args, decode=int)
+
+    def tick_in_flight(self, timer_id: str, since_ms: int, limit: int) -> Call[bool | None]:
+        """Whether this tick's job is in the ready stream (fired, not settled), looking at
+        entries from ``since_ms`` on; None when more than ``limit`` follow (undecided)."""
+        return script("tick_in_flight", [self.keys.ready], [max(0, since_ms), timer_id, limit],
+                      decode=lambda found: None if int(found) < 0 else bool(found))  # fmt: skip
+
+    def record_run(self, task: str, tick_ms: int, fired_ms: int) -> Call[Any]:
+        return script("record_run", [self.keys.periodic_state(task)], [tick_ms, fired_ms])
+
+    def take_lock(self, lock: str, token: str, ttl_ms: int) -> Call[bool]:
+        return command("SET", lock, token, "NX", "PX", ttl_ms, decode=bool)
+
+    def lock_holder(self, lock: str) -> Call[bytes | None]:
+        return command("GET", lock)
+
+    def renew(self, lock: str, token: str, ttl_ms: int) -> Call[bool]:
+        return script("renew", [lock], [token, ttl_ms], decode=bool)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def read(self, count: int, block_ms: int) -> Flow[list[Delivery]]:
+        try:
+            reply = yield command("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
+                                  "BLOCK", block_ms, "STREAMS", self.keys.ready, ">")  # fmt: skip
+        except ResponseError as exc:
+            if not _lost_group(exc):
+                raise
+            yield self.ensure_group()
+            return []
+        return _deliveries(reply[0][1]) if reply else []
+
+    def reclaim(self, min_idle_ms: int, count: int) -> Flow[list[Delivery]]:
+        """Take over jobs whose worker stopped heart-beating (XAUTOCLAIM)."""
+        found: list[Delivery] = []
+        cursor = "0-0"
+        while len(found) < count:
+            try:
+                reply = yield command("XAUTOCLAIM", self.keys.ready, GROUP, self.consumer,
+                                      min_idle_ms, cursor, "COUNT", count - len(found))  # fmt: skip
+            except ResponseError as exc:
+                if not _lost_group(exc):
+                    raise
+                yield self.ensure_group()
+                break
+            cursor = text(reply[0])
+            found += _deliveries(reply[1])
+            if cursor == "0-0":
+                break
+        return found
+
+    def heartbeat(self, entry_ids: list[str]) -> Call[list[str]]:
+        """Reset the idle time of running jobs so nobody takes them over; returns those lost."""
+        return script("heartbeat", [self.keys.ready], [GROUP, self.consumer, *entry_ids],
+                      decode=lambda lost: [text(entry) for entry in lost])  # fmt: skip
+
+    def deliveries_of(self, entry_ids: list[str]) -> Batch[int]:
+        """How many times each entry has been delivered (XPENDING), 0 if no longer pending."""
+        return Batch([
+            command("XPENDING", self.keys.ready, GROUP, entry, entry, 1, parse_detail=True,
+                    decode=lambda r: int(r[0]["times_delivered"]) if r else 0)
+            for entry in entry_ids
+        ])  # fmt: skip
+
+    def ack(self, deliveries: list[Delivery]) -> Batch[Any]:
+        entries = [d.entry_id for d in deliveries]
+        return Batch([command("XACK", self.keys.ready, GROUP, *entries),
+                      command("XDEL", self.keys.ready, *entries)], transaction=True)  # fmt: skip
+
+    def retry(
+        self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None
+    ) -> Call[int | None]:
+        """Re-arm a failed job (under ``timer_id`` if given, else its own id); None if this
+        delivery no longer held its entry."""
+        k = self.keys
+        tid = timer_id or d.timer_id
+        fallback = k.retry_id(tid, d.entry_id)
+        keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
+                k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback)]  # fmt: skip
+        args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
+                           k.wake_channel, fallback, d.items or b"", self.consumer]  # fmt: skip
+        return script("retry", keys, args, decode=_rearmed_due)
+
+    def bury(
+        self, d: Delivery, *, task: str, reason: str, traceback: str, bound: DeadLetterBound,
+        payload: bytes | None = None,
+    ) -> Call[str | None]:  # fmt: skip
+        """Move a delivery to the dead letters (with ``payload`` instead of its own, if given)."""
+        k = self.keys
+        keys = [k.ready, k.dead, k.stats]
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw if payload is None else payload,
+                           task, reason, traceback, bound.maxlen, d.items or b"", self.consumer,
+                           bound.max_bytes]  # fmt: skip
+        return script("bury", keys, args, decode=lambda entry: text(entry) if entry else None)
+
+    def handback(self, d: Delivery) -> Call[bool]:
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms, d.items or b"",
+                           self.consumer]  # fmt: skip
+        return script("handback", [self.keys.ready], args, decode=bool)
+
+    # -- sweeping -----------------------------------------------------------------------------
+
+    def scan_data_ids(self, cursor: int, count: int) -> Call[tuple[int, list[str]]]:
+        def decode(reply: Any) -> tuple[int, list[str]]:
+            ids = [self.keys.id_from_data(n.decode("utf-8", "replace")) for n in reply[1]]
+            return int(reply[0]), [i for i in ids if i]
+
+        return command("SCAN", cursor, "MATCH", self.keys.data_pattern(), "COUNT", count,
+                       decode=decode)  # fmt: skip
+
+    def unindexed(self, ids: list[str]) -> Flow[list[str]]:
+        """Of these data-key ids, those without a due-index entry (candidates for repair)."""
+        ids = [i for i in ids if not is_watch_id(i)]  # watch.lua writes both or neither
+        if not ids:
+            return []
+        scores = yield command("ZMSCORE", self.keys.index, *ids)
+        return [i for i, score in zip(ids, scores, strict=True) if score is None]
+
+    def repair(self, ids: list[str]) -> Flow[int]:
+        """Run repair.lua for each id; returns how many needed it."""
+        k = self.keys
+        repaired = yield Batch([
+            script("repair", [k.shadow(i), k.data(i), k.index, k.stats, k.paused], [i],
+                   decode=int)
+            for i in ids
+        ])  # fmt: skip
+        return sum(repaired)
+
+    def stale_consumers(self, idle_ms: int) -> Flow[list[str]]:
+        try:
+            infos = yield command("XINFO CONSUMERS", self.keys.ready, GROUP)
+        except ResponseError as exc:
+            if not _lost_group(exc):
+                raise
+            yield self.ensure_group()
+            return []
+        return [
+            text(c["name"])
+            for c in infos
+            if c["pending"] == 0 and c["idle"] > idle_ms and text(c["name"]) != self.consumer
+        ]
+
+    def drop_consumer(self, name: str) -> Call[Any]:
+        return command("XGROUP DELCONSUMER", self.keys.ready, GROUP, name)
