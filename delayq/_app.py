@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -14,19 +14,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from delayq._calls import Call, Flow, command
 from delayq._connection import redact_url, tls_failure
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
+from delayq._declare import PERIODIC_RETRIES, TaskKwargs, declare
 from delayq._errors import ConfigurationError
-from delayq._keys import KEY_ROOT, Keys, matches_own_keys
+from delayq._keys import Keys
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._producer import Producer
 from delayq._runners import AsyncRunner, SyncRunner
 from delayq._store import StoreCalls
-from delayq._task import RetryPolicy, Task, TaskOptions, default_task_name
+from delayq._task import Task
 from delayq._watch import Watcher, WatchSpec
-from delayq._when import Delay, delay_seconds
+from delayq._when import Delay
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+TaskT = TypeVar("TaskT", bound=Task[Any, Any])
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAX_PAYLOAD = 512 * 1024
@@ -55,36 +57,6 @@ class TaskRegistry:
 
     def __iter__(self) -> Iterator[Task[Any, Any]]:
         return iter(list(self._tasks.values()))
-
-
-def retry_policy(
-    retries: int,
-    retry_backoff: Delay,
-    retry_backoff_max: Delay,
-    retry_for: tuple[type[BaseException], ...],
-) -> RetryPolicy:
-    """Validate retry settings when a task is declared, not when it first fails."""
-    return RetryPolicy(
-        retries=retries,
-        backoff=delay_seconds(retry_backoff, name="retry_backoff"),
-        backoff_max=delay_seconds(retry_backoff_max, name="retry_backoff_max"),
-        retry_for=tuple(retry_for),
-    )
-
-
-def build_options(
-    fn: Callable[..., Any],
-    *,
-    name: str | None,
-    retries: int,
-    retry_backoff: Delay,
-    retry_backoff_max: Delay,
-    retry_for: tuple[type[BaseException], ...],
-    delay: Delay | None,
-    timeout: Delay | None = None,
-) -> TaskOptions:
-    policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
-    return Delayq._options(fn, name, policy, delay, timeout)
 
 
 class Delayq(Producer):
@@ -228,23 +200,14 @@ class Delayq(Producer):
         await self.aclose()
 
     # -- decorators ---------------------------------------------------------------------------
+    # Every kind takes the options of TaskKwargs (declared once, in _declare) plus its own.
 
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
     def task(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        retries: int = 3,
-        retry_backoff: Delay = 1.0,
-        retry_backoff_max: Delay = 3600.0,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        timeout: Delay | None = None,
-        delay: Delay | None = None,
+        self, fn: None = None, /, *, delay: Delay | None = None, **options: Unpack[TaskKwargs]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -252,22 +215,14 @@ class Delayq(Producer):
         fn: Callable[P, R] | None = None,
         /,
         *,
-        name: str | None = None,
-        retries: int = 3,
-        retry_backoff: Delay = 1.0,
-        retry_backoff_max: Delay = 3600.0,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        timeout: Delay | None = None,
         delay: Delay | None = None,
+        **options: Unpack[TaskKwargs],
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task. ``delay=`` sets the default delay used by ``Task.delay``."""
-
-        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+        declared = declare(options, delay=delay)
 
         def decorate(func: Callable[P, R]) -> Task[P, R]:
-            task = Task(func, self._options(func, name, policy, delay, timeout), lambda: self)
-            self.tasks.add(task)
-            return task
+            return self._add(Task(func, declared.options_for(func), lambda: self))
 
         return decorate if fn is None else decorate(fn)
 
@@ -276,17 +231,7 @@ class Delayq(Producer):
 
     @overload
     def delayed(
-        self,
-        fn: None = None,
-        /,
-        *,
-        seconds: Delay = 0.0,
-        name: str | None = None,
-        retries: int = 3,
-        retry_backoff: Delay = 1.0,
-        retry_backoff_max: Delay = 3600.0,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        timeout: Delay | None = None,
+        self, fn: None = None, /, *, seconds: Delay = 0.0, **options: Unpack[TaskKwargs]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def delayed(
@@ -295,23 +240,10 @@ class Delayq(Producer):
         /,
         *,
         seconds: Delay = 0.0,
-        name: str | None = None,
-        retries: int = 3,
-        retry_backoff: Delay = 1.0,
-        retry_backoff_max: Delay = 3600.0,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        timeout: Delay | None = None,
+        **options: Unpack[TaskKwargs],
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """A task whose ``.delay(...)`` fires ``seconds`` (int, float or timedelta) later."""
-        decorator = self.task(
-            name=name,
-            retries=retries,
-            retry_backoff=retry_backoff,
-            retry_backoff_max=retry_backoff_max,
-            retry_for=retry_for,
-            timeout=timeout,
-            delay=seconds,
-        )
+        decorator: Callable[[Callable[P, R]], Task[P, R]] = self.task(delay=seconds, **options)
         return decorator if fn is None else decorator(fn)
 
     def debounced(
@@ -322,12 +254,7 @@ class Delayq(Producer):
         payload: PayloadMode = "last",
         max_items: int = 100,
         max_wait: Delay | None = None,
-        name: str | None = None,
-        retries: int = 3,
-        retry_backoff: Delay = 1.0,
-        retry_backoff_max: Delay = 3600.0,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        timeout: Delay | None = None,
+        **options: Unpack[TaskKwargs],
     ) -> Callable[[Callable[P, R]], Debounced[P, R]]:
         """A task fired once per key, ``seconds`` after the last ``touch`` of that key.
 
@@ -340,15 +267,10 @@ class Delayq(Producer):
         debounce = DebounceOptions.build(
             seconds=seconds, key=key, payload=payload, max_items=max_items, max_wait=max_wait
         )
-
-        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+        declared = declare(options, delay=seconds)
 
         def decorate(func: Callable[P, R]) -> Debounced[P, R]:
-            task = Debounced(
-                func, self._options(func, name, policy, seconds, timeout), lambda: self, debounce
-            )
-            self.tasks.add(task)
-            return task
+            return self._add(Debounced(func, declared.options_for(func), lambda: self, debounce))
 
         return decorate
 
@@ -358,12 +280,7 @@ class Delayq(Producer):
         *,
         data: str | None = None,
         delete_data: bool = False,
-        name: str | None = None,
-        retries: int = 3,
-        retry_backoff: Delay = 1.0,
-        retry_backoff_max: Delay = 3600.0,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        timeout: Delay | None = None,
+        **options: Unpack[TaskKwargs],
     ) -> Callable[[Callable[P, R]], Watcher[P, R]]:
         """React when a key matching ``pattern`` (one ``*``), written by any program, expires.
 
@@ -372,28 +289,11 @@ class Delayq(Producer):
         ``{suffix}`` and ``{key}``) read after the expiry, or None. With ``delete_data=True``
         the companion key is deleted once the handler succeeded (unless rewritten meanwhile).
         """
-        if not isinstance(pattern, str) or not (data is None or isinstance(data, str)):
-            raise ConfigurationError("the watched-key pattern and data= must be str")
-        for text in (pattern, data or ""):
-            try:  # key names are sent as UTF-8: a lone surrogate would fail in the worker
-                text.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ConfigurationError(f"{text[:80]!r} is not valid unicode: {exc}") from None
-        spec = WatchSpec(pattern, data, delete_data)
-        if matches_own_keys(pattern):
-            # Its expiring shadow keys and fired markers would feed the watcher forever.
-            raise ConfigurationError(
-                f"watch pattern {pattern[:80]!r} can match delayq's own keys "
-                f"({KEY_ROOT}...): start it with a prefix of your own keys"
-            )
-
-        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+        spec = WatchSpec.build(pattern, data, delete_data)
+        declared = declare(options, delay=None)
 
         def decorate(func: Callable[P, R]) -> Watcher[P, R]:
-            watcher = Watcher(
-                func, self._options(func, name, policy, None, timeout), lambda: self, spec
-            )
-            self.tasks.add(watcher)
+            watcher = self._add(Watcher(func, declared.options_for(func), lambda: self, spec))
             self.watchers[watcher.name] = watcher
             return watcher
 
@@ -410,55 +310,32 @@ class Delayq(Producer):
         catch_up: CatchUp = "latest",
         overlap: Overlap = "skip",
         max_catch_up: int = 100,
-        name: str | None = None,
-        retries: int = 0,
-        retry_backoff: Delay = 1.0,
-        retry_backoff_max: Delay = 3600.0,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        timeout: Delay | None = None,
+        **options: Unpack[TaskKwargs],
     ) -> Callable[[Callable[P, R]], Periodic[P, R]]:
         """Run a task on a cron schedule (5 fields, or 6 with seconds first) in zone ``tz``,
-        or ``every`` interval; exactly once per tick however many workers run.
+        or ``every`` interval; exactly once per tick however many workers run. Not retried
+        unless ``retries=`` (or ``retry=``) says so.
 
         ``catch_up`` after downtime: "latest" (one run for all missed ticks), "all" (each
         missed tick, at most ``max_catch_up``), "none" (skip to the next tick). ``overlap``
         while the previous run still runs: "skip" the tick, "allow" it, or "queue" it.
         """
-        options_periodic = PeriodicOptions.build(
+        schedule = PeriodicOptions.build(
             cron, every=every, tz=tz, jitter=jitter, catch_up=catch_up, overlap=overlap,
             max_catch_up=max_catch_up,
         )  # fmt: skip
-
-        policy = retry_policy(retries, retry_backoff, retry_backoff_max, retry_for)
+        declared = declare(options, delay=None, retries=PERIODIC_RETRIES)
 
         def decorate(func: Callable[P, R]) -> Periodic[P, R]:
-            task = Periodic(
-                func,
-                self._options(func, name, policy, None, timeout),
-                lambda: self,
-                options_periodic,
-            )
-            self.tasks.add(task)
+            task = self._add(Periodic(func, declared.options_for(func), lambda: self, schedule))
             self.periodics[task.name] = task
             return task
 
         return decorate
 
-    @staticmethod
-    def _options(
-        func: Callable[..., Any],
-        name: str | None,
-        policy: RetryPolicy,
-        delay: Delay | None,
-        timeout: Delay | None = None,
-    ) -> TaskOptions:
-        default_delay = 0.0 if delay is None else delay_seconds(delay)
-        limit = None if timeout is None else delay_seconds(timeout, name="timeout")
-        if limit is not None and limit <= 0:
-            raise ConfigurationError("timeout must be positive")
-        # An explicit name is checked as given (TaskOptions refuses "", non-str, over-long).
-        task_name = default_task_name(func) if name is None else name
-        return TaskOptions(task_name, policy, default_delay, limit)
+    def _add(self, task: TaskT) -> TaskT:
+        self.tasks.add(task)
+        return task
 
     def register(self, task: Task[Any, Any]) -> None:
         """Make a task declared elsewhere (e.g. with ``delayq.task``) known to this app."""

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-from delayq._codec import encode_payload, encode_touch
-from delayq._errors import ConfigurationError, InvalidTimerId, ScheduleError
+from delayq._codec import decode_touches, encode_payload, encode_touch
+from delayq._errors import ConfigurationError, InvalidTimerId, PayloadError, ScheduleError
 from delayq._keys import check_user_timer_id as check_timer_id
 from delayq._store import TouchRequest
 from delayq._task import Task, TaskOptions
@@ -18,6 +18,8 @@ from delayq._when import Delay, delay_seconds
 
 if TYPE_CHECKING:
     from delayq._app import Delayq
+    from delayq._codec import Payload
+    from delayq._hooks import Delivery
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -133,3 +135,11 @@ class Debounced(Task[P, R]):
     async def atouch(self, *args: Any, **kwargs: Any) -> Timer:
         """``touch`` for asyncio code."""
         return await self.app.atouch(self.prepare_touch(*args, **kwargs))
+
+    def job_args(self, payload: Payload, fired: Delivery, max_bytes: int) -> tuple[Any, ...]:
+        if self.debounce.payload != "all":
+            return payload.args
+        try:  # the one argument: every touch of the cycle
+            return (decode_touches(fired.items or b"", max_bytes=max_bytes),)
+        except PayloadError as exc:
+            raise PayloadError(f"undecodable touches: {exc}") from None

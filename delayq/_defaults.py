@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
-from delayq._app import Delayq, TaskRegistry, build_options
+from delayq._app import Delayq, TaskRegistry
+from delayq._declare import TaskKwargs, declare
 from delayq._task import Task
 from delayq._when import Delay
 
@@ -55,16 +56,7 @@ def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 
 @overload
 def task(
-    fn: None = None,
-    /,
-    *,
-    name: str | None = None,
-    retries: int = 3,
-    retry_backoff: Delay = 1.0,
-    retry_backoff_max: Delay = 3600.0,
-    retry_for: tuple[type[BaseException], ...] = (Exception,),
-    timeout: Delay | None = None,
-    delay: Delay | None = None,
+    fn: None = None, /, *, delay: Delay | None = None, **options: Unpack[TaskKwargs]
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -72,28 +64,15 @@ def task(
     fn: Callable[P, R] | None = None,
     /,
     *,
-    name: str | None = None,
-    retries: int = 3,
-    retry_backoff: Delay = 1.0,
-    retry_backoff_max: Delay = 3600.0,
-    retry_for: tuple[type[BaseException], ...] = (Exception,),
-    timeout: Delay | None = None,
     delay: Delay | None = None,
+    **options: Unpack[TaskKwargs],
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
-    """Declare a task bound to the default app (see module docstring)."""
+    """Declare a task bound to the default app (see module docstring); the options of
+    ``Delayq.task``."""
+    declared = declare(options, delay=delay)
 
     def decorate(func: Callable[P, R]) -> Task[P, R]:
-        options = build_options(
-            func,
-            name=name,
-            retries=retries,
-            retry_backoff=retry_backoff,
-            retry_backoff_max=retry_backoff_max,
-            retry_for=retry_for,
-            timeout=timeout,
-            delay=delay,
-        )
-        shared = Task(func, options, default_app)
+        shared = Task(func, declared.options_for(func), default_app)
         SHARED_TASKS.add(shared)
         return shared
 
@@ -106,16 +85,7 @@ def delayed(fn: Callable[P, R], /) -> Task[P, R]: ...
 
 @overload
 def delayed(
-    fn: None = None,
-    /,
-    *,
-    seconds: Delay = 0.0,
-    name: str | None = None,
-    retries: int = 3,
-    retry_backoff: Delay = 1.0,
-    retry_backoff_max: Delay = 3600.0,
-    retry_for: tuple[type[BaseException], ...] = (Exception,),
-    timeout: Delay | None = None,
+    fn: None = None, /, *, seconds: Delay = 0.0, **options: Unpack[TaskKwargs]
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -124,21 +94,8 @@ def delayed(
     /,
     *,
     seconds: Delay = 0.0,
-    name: str | None = None,
-    retries: int = 3,
-    retry_backoff: Delay = 1.0,
-    retry_backoff_max: Delay = 3600.0,
-    retry_for: tuple[type[BaseException], ...] = (Exception,),
-    timeout: Delay | None = None,
+    **options: Unpack[TaskKwargs],
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Declare a delayed task bound to the default app."""
-    decorator: Callable[[Callable[P, R]], Task[P, R]] = task(
-        name=name,
-        retries=retries,
-        retry_backoff=retry_backoff,
-        retry_backoff_max=retry_backoff_max,
-        retry_for=retry_for,
-        timeout=timeout,
-        delay=seconds,
-    )
+    decorator: Callable[[Callable[P, R]], Task[P, R]] = task(delay=seconds, **options)
     return decorator if fn is None else decorator(fn)

@@ -36,6 +36,7 @@ def check_namespace(namespace: str) -> str:
 # Ids delayq makes itself (watch timers, periodic ticks) start with this; users' may not.
 RESERVED_PREFIX = "~"
 WATCH_ID_PREFIX = RESERVED_PREFIX + "w:"
+TICK_ID_PREFIX = RESERVED_PREFIX + "p:"
 
 
 def check_user_timer_id(timer_id: str) -> str:
@@ -144,6 +145,19 @@ class Keys:
     def retry_id(timer_id: str, entry_id: str) -> str:
         """Id for a retry whose own id was taken meanwhile by a new pending timer."""
         return f"{timer_id}#retry-{entry_id}"
+
+    @staticmethod
+    def tick_id(task: str, tick_ms: int | str) -> str:
+        """The timer of one tick of a periodic task (``@`` is refused in their names)."""
+        return f"{TICK_ID_PREFIX}{task}@{tick_ms}"
+
+    @staticmethod
+    def tick_of(timer_id: str) -> tuple[str, int] | None:
+        """(task name, tick ms) of a tick's timer id, or None."""
+        if not timer_id.startswith(TICK_ID_PREFIX):
+            return None
+        name, _, tick = timer_id[len(TICK_ID_PREFIX) :].rpartition("@")
+        return (name, int(tick)) if tick.isdigit() else None
 
     @staticmethod
     def watch_timer_id(task: str, key: str) -> str:

@@ -15,18 +15,19 @@ from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 from delayq._codec import encode_payload
 from delayq._errors import ConfigurationError
+from delayq._keys import Keys
 from delayq._schedules import CronSchedule, EverySchedule, Schedule, jitter_ms
 from delayq._task import Task, TaskOptions
 
 if TYPE_CHECKING:
     from delayq._app import Delayq
+    from delayq._hooks import RunGate, RunGates
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 CatchUp = Literal["latest", "all", "none"]
 Overlap = Literal["skip", "allow", "queue"]
-TICK_PREFIX = "~p:"
 # With catch_up="none", a tick this late (downtime) is skipped rather than run.
 MISFIRE_GRACE_MS = 60_000
 
@@ -84,7 +85,10 @@ class Periodic(Task[P, R]):
         self.periodic = periodic
 
     def tick_id(self, tick_ms: int) -> str:
-        return f"{TICK_PREFIX}{self.name}@{tick_ms}"
+        return Keys.tick_id(self.name, tick_ms)
+
+    def run_gate(self, gates: RunGates) -> RunGate | None:
+        return gates.periodic(self)
 
     def due_ms(self, tick_ms: int) -> int:
         return tick_ms + jitter_ms(self.name, tick_ms, self.periodic.jitter)
@@ -108,11 +112,3 @@ class Periodic(Task[P, R]):
                 return following
             probe = self.next_tick_ms(probe)
         return self.next_tick_ms(now_ms)  # more missed ticks than the bound: skip ahead
-
-
-def tick_of(timer_id: str) -> tuple[str, int] | None:
-    """(task name, tick ms) of a tick timer id, or None."""
-    if not timer_id.startswith(TICK_PREFIX):
-        return None
-    name, _, tick = timer_id[len(TICK_PREFIX) :].rpartition("@")
-    return (name, int(tick)) if tick.isdigit() else None

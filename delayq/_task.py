@@ -20,6 +20,8 @@ from delayq._when import Delay, delay_seconds, resolve_when
 
 if TYPE_CHECKING:
     from delayq._app import Delayq
+    from delayq._codec import Payload
+    from delayq._hooks import Delivery, RunGate, RunGates
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -97,6 +99,30 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+    # -- hooks the worker calls on each kind of task (no switch on kinds in the worker) -------
+
+    def job_args(self, payload: Payload, fired: Delivery, max_bytes: int) -> tuple[Any, ...]:
+        """The handler's positional arguments for one run; PayloadError: it cannot run."""
+        return payload.args
+
+    def retry_as(
+        self, payload: Payload, args: tuple[Any, ...], fired: Delivery
+    ) -> tuple[Payload, str | None]:
+        """What a retry arms: its payload and its timer id (None: the fired timer's own)."""
+        return payload, None
+
+    def dead_payload(self, payload: Payload, args: tuple[Any, ...]) -> Payload | None:
+        """The payload a dead letter keeps (None: the one that was delivered)."""
+        return None
+
+    def after_success(self, args: tuple[Any, ...]) -> tuple[str, bytes] | None:
+        """A key to delete once the handler succeeded, if it still holds this value."""
+        return None
+
+    def run_gate(self, gates: RunGates) -> RunGate | None:
+        """What decides, before each run, whether it runs (None: it always does)."""
+        return None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)

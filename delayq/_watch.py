@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from delayq._codec import encode_payload
+from delayq._codec import Payload, encode_payload
 from delayq._errors import ConfigurationError
-from delayq._keys import WATCH_ID_PREFIX, Keys
+from delayq._keys import KEY_ROOT, WATCH_ID_PREFIX, Keys, matches_own_keys
 from delayq._task import Task, TaskOptions
 
 if TYPE_CHECKING:
     from delayq._app import Delayq
+    from delayq._hooks import Delivery
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,6 +50,25 @@ class WatchSpec:
                 raise ConfigurationError(
                     f"data={self.data!r} may only use {{suffix}} and {{key}}: {exc}"
                 ) from None
+
+    @classmethod
+    def build(cls, pattern: str, data: str | None, delete_data: bool) -> WatchSpec:
+        """The spec of an ``on_expire`` declaration, or ConfigurationError naming the fault."""
+        if not isinstance(pattern, str) or not (data is None or isinstance(data, str)):
+            raise ConfigurationError("the watched-key pattern and data= must be str")
+        for text in (pattern, data or ""):
+            try:  # key names are sent as UTF-8: a lone surrogate would fail in the worker
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigurationError(f"{text[:80]!r} is not valid unicode: {exc}") from None
+        spec = cls(pattern, data, delete_data)
+        if matches_own_keys(pattern):
+            # Its expiring shadow keys and fired markers would feed the watcher forever.
+            raise ConfigurationError(
+                f"watch pattern {pattern[:80]!r} can match delayq's own keys "
+                f"({KEY_ROOT}...): start it with a prefix of your own keys"
+            )
+        return spec
 
     @property
     def head(self) -> str:
@@ -89,6 +109,33 @@ class Watcher(Task[P, R]):
             self.name, (key, suffix), {}, attempt=0, created_ms=int(time.time() * 1000),
             max_bytes=max_bytes,
         )  # fmt: skip
+
+    def job_args(self, payload: Payload, fired: Delivery, max_bytes: int) -> tuple[Any, ...]:
+        # A retry carries the companion data in its payload (it fires as a plain timer).
+        data = payload.args[2] if len(payload.args) > 2 else fired.watched_data
+        return (*payload.args[:2], data)
+
+    def retry_as(
+        self, payload: Payload, args: tuple[Any, ...], fired: Delivery
+    ) -> tuple[Payload, str | None]:
+        # A plain timer holding the companion data: a watch timer would be merged into the
+        # watched key's next life.
+        plain = Keys.plain_watch_job_id(fired.timer_id, "retry", fired.entry_id)
+        return _with_args(payload, args), plain
+
+    def dead_payload(self, payload: Payload, args: tuple[Any, ...]) -> Payload | None:
+        # With the companion data it was given, so that a re-drive runs the same call.
+        return _with_args(payload, args) if args else None
+
+    def after_success(self, args: tuple[Any, ...]) -> tuple[str, bytes] | None:
+        if not self.spec.delete_data or args[2] is None:
+            return None
+        companion = self.spec.companion(args[0], args[1])
+        return (companion, args[2]) if companion else None
+
+
+def _with_args(payload: Payload, args: tuple[Any, ...]) -> Payload:
+    return Payload(payload.task, args, payload.kwargs, payload.attempt, payload.created_ms)
 
 
 def is_watch_id(timer_id: str) -> bool:

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from redis.connection import parse_url
@@ -38,10 +38,11 @@ cli.add_typer(periodic_cli, name="periodic")
 timers_cli = typer.Typer(help="Inspect and change pending timers.", no_args_is_help=True)
 cli.add_typer(timers_cli, name="timers")
 
-AppOption = Annotated[
-    str | None,
-    typer.Option("--app", "-A", help="module:attribute of your Delayq app, or a module with `app`"),
-]
+_APP = typer.Option(
+    "--app", "-A", help="module:attribute of your Delayq app, or a module with `app`"
+)
+AppOption = Annotated[str | None, _APP]
+RequiredAppOption = Annotated[str, _APP]
 # No envvar= here: DELAYQ_URL / DELAYQ_NAMESPACE are read by Delayq() itself, so that a worker
 # and the producers resolve them the same way (an explicit URL in the code wins).
 UrlOption = Annotated[
@@ -86,33 +87,26 @@ def resolve_app(spec: str | None, url: str | None, namespace: str | None) -> Del
     return app
 
 
-# The worker options' defaults are the settings' own: declared once, in WorkerSettings.
+# The worker options' defaults and help are the settings' own: declared once, in WorkerSettings.
 _WORKER = WorkerSettings()
+
+
+def _setting(name: str) -> Any:
+    return typer.Option(help=WorkerSettings.help(name))
 
 
 @cli.command()
 def worker(
-    app_spec: Annotated[
-        str,
-        typer.Option(
-            "--app", "-A", help="module:attribute of your Delayq app, or a module with `app`"
-        ),
-    ],
+    app_spec: RequiredAppOption,
     url: UrlOption = None,
     namespace: NamespaceOption = None,
-    concurrency: Annotated[int, typer.Option(help="jobs run at once")] = _WORKER.concurrency,
+    concurrency: Annotated[int, _setting("concurrency")] = _WORKER.concurrency,
     visibility_timeout: Annotated[
-        float, typer.Option(help="seconds before a silent worker's jobs run elsewhere")
+        float, _setting("visibility_timeout")
     ] = _WORKER.visibility_timeout,
-    shutdown_timeout: Annotated[
-        float, typer.Option(help="seconds to let jobs finish on SIGTERM")
-    ] = _WORKER.shutdown_timeout,
-    max_deliveries: Annotated[
-        int, typer.Option(help="dead-letter a job whose worker died this many times")
-    ] = _WORKER.max_deliveries,
-    watch_lease: Annotated[
-        float, typer.Option(help="seconds before a stopped watch leader (on_expire) is replaced")
-    ] = _WORKER.watch_lease,
+    shutdown_timeout: Annotated[float, _setting("shutdown_timeout")] = _WORKER.shutdown_timeout,
+    max_deliveries: Annotated[int, _setting("max_deliveries")] = _WORKER.max_deliveries,
+    watch_lease: Annotated[float, _setting("watch_lease")] = _WORKER.watch_lease,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Fire timers on time and run their jobs, until SIGTERM or SIGINT."""
@@ -339,9 +333,7 @@ def _when(ms: str | None, zone: str) -> str:
 
 @periodic_cli.command("list")
 def periodic_list(
-    app_spec: Annotated[
-        str, typer.Option("--app", "-A", help="module:attribute of your Delayq app")
-    ],
+    app_spec: RequiredAppOption,
     url: UrlOption = None,
     namespace: NamespaceOption = None,
 ) -> None:
@@ -359,9 +351,7 @@ def periodic_list(
 
 @cli.command()
 def acl(
-    app_spec: Annotated[
-        str, typer.Option("--app", "-A", help="module:attribute of your Delayq app")
-    ],
+    app_spec: RequiredAppOption,
     user: Annotated[str, typer.Option(help="the ACL user name")] = "delayq",
     namespace: NamespaceOption = None,
 ) -> None:

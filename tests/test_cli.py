@@ -192,3 +192,30 @@ def test_timers_commands(app: Delayq, server: EmbeddedServer) -> None:
 def test_worker_needs_an_app() -> None:
     result = runner.invoke(cli, ["worker", "--url", "redis://127.0.0.1:1/0"])
     assert result.exit_code == 2 and "--app" in result.output
+
+
+def test_worker_options_are_the_settings_own() -> None:
+    """Each worker option's default and help come from WorkerSettings, declared once there."""
+    import dataclasses
+
+    import typer.main
+
+    from delayq.worker import WorkerSettings
+
+    command = typer.main.get_command(cli)
+    worker = command.commands["worker"]  # type: ignore[attr-defined]
+    defaults = WorkerSettings()
+    fields = {field.name for field in dataclasses.fields(WorkerSettings)}
+    shared = [param for param in worker.params if param.name in fields]
+    assert {param.name for param in shared} >= {
+        "concurrency",
+        "visibility_timeout",
+        "shutdown_timeout",
+        "max_deliveries",
+        "watch_lease",
+    }
+    for param in shared:
+        assert param.default == getattr(defaults, param.name), param.name
+        assert param.help == WorkerSettings.help(param.name), param.name
+    for name in fields:
+        assert WorkerSettings.help(name).strip(), f"{name} has no meaning declared"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -21,29 +22,40 @@ def test_10000_keys_touched_20_times_fire_once_after_last_touch(
 ) -> None:
     fired: dict[str, list[tuple[int, float]]] = defaultdict(list)
     lock = threading.Lock()
+    window = 2.0
 
-    @app.debounced(seconds=2.0, key="device:{device_id}")
+    @app.debounced(seconds=window, key="device:{device_id}")
     def offline(device_id: str, seq: int) -> None:
         with lock:
             fired[device_id].append((seq, time.time()))
 
     start_worker(app)
     keys = [f"dev-{i}" for i in range(10_000)]
-    last_touch: dict[str, float] = {}
+    # Each key's touches, as (sent no earlier than, sent no later than): a chunk's bounds.
+    sent: dict[str, list[tuple[float, float]]] = defaultdict(list)
     rng = random.Random(7)
     for seq in range(20):
         order = keys[:]
         rng.shuffle(order)
-        sent = time.time()
-        app.touch_many([offline.prepare_touch(k, seq=seq) for k in order], chunk=2000)
-        for k in order:
-            last_touch[k] = sent
+        for start in range(0, len(order), 2000):
+            chunk = order[start : start + 2000]
+            before = time.time()
+            app.touch_many([offline.prepare_touch(k, seq=seq) for k in chunk])
+            after = time.time()
+            for k in chunk:
+                sent[k].append((before, after))
     wait_until(lambda: len(fired) == 10_000, timeout=90)
     time.sleep(0.5)  # a second firing of any key would show up now
-    assert all(len(runs) == 1 for runs in fired.values()), "a key fired twice"
-    for key, [(seq, at)] in fired.items():
+    for key, runs in fired.items():
+        if len(runs) > 1:
+            # Only a pause between two touches longer than the window (a stalled, loaded
+            # machine) allows an earlier firing; on time, a key fires once.
+            widest = max(b[1] - a[0] for a, b in itertools.pairwise(sent[key]))
+            assert widest > window - 0.05, f"{key} fired {len(runs)} times, touches <= window"
+        seq, at = runs[-1]
         assert seq == 19, "payload='last' keeps the newest arguments"
-        assert at >= last_touch[key] + 2.0 - 0.05, f"{key} fired before last touch + window"
+        assert at >= sent[key][-1][0] + window - 0.05, f"{key} fired before last touch + window"
+    assert sum(len(runs) == 1 for runs in fired.values()) >= 5_000, "most keys fired once"
     assert app.pending_count() == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import sys
 import threading
 import time
@@ -13,9 +14,12 @@ import pytest
 import redis
 
 from delayq import Delayq, EmbeddedServer, InvalidTimerId, PayloadError, ScheduleError, Task
+from delayq._defaults import find_task
 from delayq._keys import GROUP
 from delayq._runners import AsyncRunner
 from delayq.worker._engine import DeadLetterBound, Engine
+from delayq.worker._executor import Executor
+from delayq.worker._settings import WorkerSettings
 from tests.conftest import WorkerThread, wait_until
 
 BOUND = DeadLetterBound(maxlen=10, max_bytes=1 << 20)
@@ -48,6 +52,46 @@ def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) 
 
     asyncio.run(scenario())
     assert [letter.reason for letter in app.dead_letters()] == ["x"]
+
+
+def test_heartbeat_tells_a_takeover_from_an_outcome_recorded_meanwhile(
+    app: Delayq, server: EmbeddedServer, rclient: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job whose entry left the stream because this worker settled it is not "taken over"."""
+    release = threading.Event()
+
+    @app.task
+    def job() -> None:
+        release.wait(10)
+
+    async def scenario() -> None:
+        io = AsyncRunner.from_url(server.url, {})
+        engine = Engine(io, app.keys, "first")
+        executor = Executor(engine, WorkerSettings(), lambda name: find_task(app, name),
+                            max_payload_bytes=1 << 20, dead_letters=BOUND,
+                            stopping=asyncio.Event())  # fmt: skip
+        await engine.run(engine.ensure_group())
+        for timer in (job.schedule(delay=0), job.schedule(delay=0)):
+            await engine.run(engine.fire([timer.id]))
+        mine, taken = await engine.run(engine.read(10, 100))
+        executor.admit([mine, taken])
+        rclient.xclaim(app.keys.ready, GROUP, "second", 0, [taken.entry_id], justid=True)
+        with caplog.at_level(logging.WARNING, "delayq.worker"):
+            await executor.heartbeat()
+        assert "1 running job(s) were taken over" in caplog.text
+        # `mine` is still running when its outcome is recorded (a periodic task's lock is
+        # released after it): its entry is gone, and that is no takeover.
+        executor.settled.add(mine.entry_id)
+        await engine.run(engine.ack([mine]))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "delayq.worker"):
+            await executor.heartbeat()
+        assert "1 running job(s) were taken over" in caplog.text  # `taken` only, not `mine`
+        release.set()
+        executor.shutdown_pool()
+        await io.close()
+
+    asyncio.run(scenario())
 
 
 def test_worker_recreates_a_lost_consumer_group(

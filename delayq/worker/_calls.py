@@ -9,24 +9,9 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from delayq._calls import Batch, Call, Flow, command, script, server_time, text
+from delayq._hooks import Delivery
 from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys
 from delayq._watch import WatchTarget, is_watch_id
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One fired job as read from the ready stream."""
-
-    entry_id: str
-    timer_id: str
-    raw: bytes
-    due_ms: int
-    items: bytes | None = None  # debounced payload="all": the touches, concatenated msgpack
-    watched_data: bytes | None = None  # on_expire: the companion key's value
-
-    @property
-    def fired_ms(self) -> int:
-        return int(self.entry_id.split("-", 1)[0])
 
 
 @dataclass(frozen=True, slots=True)

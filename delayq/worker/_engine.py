@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
+from delayq._hooks import Delivery
 from delayq._keys import Keys
 from delayq._runners import AsyncRunner
 from delayq.worker._calls import (
     DeadLetterBound,
-    Delivery,
     Due,
     FireResult,
     PeriodicState,

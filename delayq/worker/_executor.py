@@ -17,17 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from delayq._codec import Payload, decode_payload, decode_touches, reencode
+from delayq._codec import Payload, decode_payload, reencode
 from delayq._context import JobContext, bind_job, unbind_job
-from delayq._debounce import Debounced
 from delayq._errors import JobTimeout, PayloadError
-from delayq._keys import Keys
-from delayq._periodic import Periodic
+from delayq._hooks import Delivery, RunGates
 from delayq._task import Task
-from delayq._watch import Watcher
-from delayq.worker._engine import DeadLetterBound, Delivery, Engine
+from delayq.worker._engine import DeadLetterBound, Engine
 from delayq.worker._loops import wait_any
-from delayq.worker._periodics import PeriodicRunner
 from delayq.worker._settings import WorkerSettings
 
 log = logging.getLogger("delayq.worker")
@@ -61,9 +57,9 @@ class Executor:
         max_payload_bytes: int,
         dead_letters: DeadLetterBound,
         stopping: asyncio.Event,
-        periodic: PeriodicRunner | None = None,
+        gates: RunGates | None = None,
     ) -> None:
-        self.periodic = periodic
+        self.gates = gates
         self.engine = engine
         self.settings = settings
         self.find_task = find_task
@@ -74,6 +70,9 @@ class Executor:
         self.running: dict[str, Running] = {}
         self.slot_freed = asyncio.Event()
         self.to_ack: list[Delivery] = []
+        # Running jobs whose outcome is recorded or being recorded: the server may drop their
+        # entries any moment, which the heartbeat must not mistake for a takeover.
+        self.settled: set[str] = set()
         self.ack_ready = asyncio.Event()
         self.counters = Counters()
         self.abandoned_threads = 0
@@ -130,6 +129,7 @@ class Executor:
 
     def _finished(self, entry_id: str, _job: asyncio.Task[None]) -> None:
         self.running.pop(entry_id, None)
+        self.settled.discard(entry_id)
         self.slot_freed.set()
 
     # -- one job ------------------------------------------------------------------------------
@@ -154,32 +154,28 @@ class Executor:
         if task is None:
             await self._bury(d, payload.task, f"unknown task {payload.task!r}", "")
             return
-        args = payload.args
-        if isinstance(task, Debounced) and task.debounce.payload == "all":
-            try:
-                args = (decode_touches(d.items or b"", max_bytes=self.max_payload_bytes),)
-            except PayloadError as exc:
-                await self._bury(d, task.name, f"undecodable touches: {exc}", "")
-                return
-        if isinstance(task, Periodic) and self.periodic is not None:
-            decision = await self.periodic.on_tick(task, d, payload.attempt)
-            if decision == "skip":
-                self._queue_ack(d)
-                return
-            if decision == "requeued":
-                # overlap="queue": try this tick again shortly, once the previous run is done.
-                await self.engine.run(self.engine.retry(d, d.raw, QUEUE_RETRY_S))
-                return
-            try:
-                await self._run(d, task, payload, args)
-            finally:
-                await self.periodic.after_run(task, d)
+        try:
+            args = task.job_args(payload, d, self.max_payload_bytes)
+        except PayloadError as exc:
+            await self._bury(d, task.name, str(exc), "")
             return
-        if isinstance(task, Watcher):
-            # A retry carries the companion data in its payload (it fires as a plain timer).
-            data = payload.args[2] if len(payload.args) > 2 else d.watched_data
-            args = (*payload.args[:2], data)
-        await self._run(d, task, payload, args)
+        gate = task.run_gate(self.gates) if self.gates is not None else None
+        if gate is None:
+            await self._run(d, task, payload, args)
+            return
+        decision = await gate.before_run(d, payload.attempt)
+        if decision == "skip":
+            self._queue_ack(d)
+            return
+        if decision == "requeued":
+            # overlap="queue": try this tick again shortly, once the previous run is done.
+            self.settled.add(d.entry_id)
+            await self.engine.run(self.engine.retry(d, d.raw, QUEUE_RETRY_S))
+            return
+        try:
+            await self._run(d, task, payload, args)
+        finally:
+            await gate.after_run(d)
 
     async def _run(
         self, d: Delivery, task: Task[Any, Any], payload: Payload, args: tuple[Any, ...]
@@ -191,14 +187,14 @@ class Executor:
         except BaseException as exc:  # SystemExit from a handler is its failure, not ours
             await self._failed(d, task, payload, exc, args)
             return
-        if isinstance(task, Watcher) and task.spec.delete_data and args[2] is not None:
-            companion = task.spec.companion(args[0], args[1])
-            if companion:
-                await self.engine.run(self.engine.forget(companion, args[2]))
+        forget = task.after_success(args)
+        if forget is not None:
+            await self.engine.run(self.engine.forget(*forget))
         self.counters.executed += 1
         self._queue_ack(d)
 
     def _queue_ack(self, d: Delivery) -> None:
+        self.settled.add(d.entry_id)
         self.to_ack.append(d)
         self.ack_ready.set()
 
@@ -247,13 +243,7 @@ class Executor:
         policy = task.options.retry
         if policy.should_retry(exc, payload.attempt):
             delay = policy.delay_for(payload.attempt)
-            retry_id = None
-            if isinstance(task, Watcher):
-                # Retry as a plain timer holding the companion data: a watch timer would be
-                # merged into the watched key's next life.
-                payload = Payload(payload.task, args, payload.kwargs, payload.attempt,
-                                  payload.created_ms)  # fmt: skip
-                retry_id = Keys.plain_watch_job_id(d.timer_id, "retry", d.entry_id)
+            payload, retry_id = task.retry_as(payload, args, d)
             try:
                 again = reencode(payload, attempt=payload.attempt + 1,
                                  max_bytes=self.max_payload_bytes)  # fmt: skip
@@ -263,30 +253,31 @@ class Executor:
             log.info("job %s (%s) failed: %r; retry %d/%d in %.2fs", d.timer_id, task.name,
                      exc, payload.attempt + 1, policy.retries, delay)  # fmt: skip
             self.counters.retried += 1
+            self.settled.add(d.entry_id)
             await self.engine.run(self.engine.retry(d, again, delay, timer_id=retry_id))
             return
         tb = "".join(traceback.format_exception(exc))
         why = "not retried" if payload.attempt < policy.retries else "retries exhausted"
         reason = f"{type(exc).__name__}: {exc} ({why} after {payload.attempt + 1} attempt(s))"
+        kept = task.dead_payload(payload, args)
         buried = None
-        if isinstance(task, Watcher) and args:
-            # With the companion data it was given, so that a re-drive runs the same call.
+        if kept is not None:
             with contextlib.suppress(PayloadError):
-                buried = reencode(Payload(payload.task, args, payload.kwargs, payload.attempt,
-                                          payload.created_ms), attempt=payload.attempt,
-                                  max_bytes=self.max_payload_bytes)  # fmt: skip
+                buried = reencode(kept, attempt=kept.attempt, max_bytes=self.max_payload_bytes)
         await self._bury(d, task.name, reason, tb, payload=buried)
 
     async def _bury(
         self, d: Delivery, task: str, reason: str, tb: str, *, payload: bytes | None = None
     ) -> None:
         log.error("job %s moved to dead letters: %s", d.timer_id, reason)
+        self.settled.add(d.entry_id)
         self.counters.dead += 1
         bury = self.engine.bury(d, task=task, reason=reason, traceback=tb,
                                 bound=self.dead_letters, payload=payload)  # fmt: skip
         await self.engine.run(bury)
 
     async def _hand_back(self, d: Delivery) -> None:
+        self.settled.add(d.entry_id)
         if await self.engine.run(self.engine.handback(d)):
             self.counters.handed_back += 1
 
@@ -312,9 +303,12 @@ class Executor:
 
     async def heartbeat(self) -> None:
         # Jobs done but not yet acknowledged (the server was away) stay ours too.
-        entries = [r.delivery.entry_id for r in self.running.values()]
+        entries = [e for e in self.running if e not in self.settled]
         entries += [d.entry_id for d in self.to_ack]
         lost = await self.engine.run(self.engine.heartbeat(entries))
+        # Still ours to settle once the reply came: the others were settled meanwhile.
+        waiting = {d.entry_id for d in self.to_ack}
+        lost = [e for e in lost if e in waiting or (e in self.running and e not in self.settled)]
         if lost:
             # Another worker took them over after this one missed its heartbeats; both may
             # run the job (at-least-once), and only one acknowledgement removes its data.

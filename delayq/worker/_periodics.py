@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from delayq._app import Delayq
-from delayq._periodic import MISFIRE_GRACE_MS, Periodic, tick_of
-from delayq.worker._engine import Delivery, Engine, PeriodicState
+from delayq._hooks import Decision, Delivery, RunGate
+from delayq._keys import Keys
+from delayq._periodic import MISFIRE_GRACE_MS, Periodic
+from delayq.worker._engine import Engine, PeriodicState
 
 log = logging.getLogger("delayq.worker")
-Decision = Literal["run", "skip", "requeued"]
 CAS_ATTEMPTS = 5
 # A tick out of the index is looked for among this many ready-stream entries fired after it
 # was armed; behind a longer backlog, it counts as in flight until the backlog shrinks.
 IN_FLIGHT_SCAN = 2000
 # Entry ids come from the server's clock, which may step back a little after the arming.
 CLOCK_STEP_MARGIN_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class TickGate:
+    """A periodic task's catch-up and overlap rules, applied around each of its runs."""
+
+    runner: PeriodicRunner
+    task: Periodic[Any, Any]
+
+    async def before_run(self, d: Delivery, attempt: int) -> Decision:
+        return await self.runner.on_tick(self.task, d, attempt)
+
+    async def after_run(self, d: Delivery) -> None:
+        await self.runner.after_run(self.task, d)
 
 
 class PeriodicRunner:
@@ -30,6 +46,9 @@ class PeriodicRunner:
         self.held_locks: dict[str, str] = {}  # lock key -> token (the delivery's entry id)
         self.deferred: dict[str, int] = {}  # entry id -> tick whose successor is armed after it
         self.skipped = 0
+
+    def periodic(self, task: Periodic[Any, Any]) -> RunGate:
+        return TickGate(self, task)
 
     async def state(self, name: str) -> PeriodicState:
         return await self.engine.run(self.engine.periodic_state(name))
@@ -100,7 +119,7 @@ class PeriodicRunner:
 
     async def remove(self, name: str) -> None:
         seen = await self.state(name)
-        cancel = f"~p:{name}@{seen.armed}" if seen.armed else None
+        cancel = Keys.tick_id(name, seen.armed) if seen.armed else None
         await self.engine.run(
             self.engine.arm_tick(name, seen.sig, seen.armed, "", 0, 0, "", b"", cancel)
         )
@@ -109,7 +128,7 @@ class PeriodicRunner:
 
     async def on_tick(self, task: Periodic[Any, Any], d: Delivery, attempt: int) -> Decision:
         """Before a tick runs: chain the next tick, then apply catch-up and overlap rules."""
-        parsed = tick_of(d.timer_id)
+        parsed = Keys.tick_of(d.timer_id)
         if parsed is None:
             return "run"  # a retry of a tick, under another id: just run it
         _name, tick_ms = parsed
@@ -174,7 +193,7 @@ class PeriodicRunner:
             await self.engine.run(self.engine.forget(lock, token.encode()))
         # Released first: the deferred next tick may be due at once and must find it free.
         await self._advance_deferred(task, d)
-        parsed = tick_of(d.timer_id)
+        parsed = Keys.tick_of(d.timer_id)
         if parsed is not None:
             await self.engine.run(self.engine.record_run(task.name, parsed[1], d.fired_ms))
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from delayq._errors import ConfigurationError
 
@@ -15,37 +16,56 @@ def _positive(name: str, value: float) -> None:
         raise ConfigurationError(f"{name} must be positive, got {value!r}")
 
 
+def _setting(default: Any, meaning: str) -> Any:
+    """A setting's default and its one-line meaning (shown by ``delayq worker --help``)."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """How one worker process runs. Every field is used; none is silently ignored.
 
-    concurrency:          jobs run at once (coroutines on the loop, functions in a thread pool)
-    visibility_timeout:   seconds a delivered job may go without a heartbeat before another
-                          worker takes it over (a crashed worker's jobs run again after this)
-    heartbeat_interval:   seconds between heartbeats of running jobs (default: a third of
-                          the visibility timeout)
-    sweep_interval:       seconds between sweeps for overdue timers and stuck jobs
-    orphan_scan_interval: seconds between full scans for orphaned data keys
-    shutdown_timeout:     seconds to let running jobs finish on SIGTERM before handing them back
-    max_deliveries:       a job delivered more often than this (its worker died each time)
-                          goes to the dead letters
-    fire_batch:           timers claimed per script call
-    configure_server:     enable keyspace notifications with CONFIG SET when they are off
-    watch_lease:          seconds the watch leader (the one worker applying watched keys'
-                          events, on_expire) holds its lease between renewals; a stopped or
-                          killed leader is replaced after this
+    Each field's meaning is declared with it (``WorkerSettings.help(name)``); the CLI's worker
+    options take their defaults and help from here.
     """
 
-    concurrency: int = 10
-    visibility_timeout: float = 60.0
-    heartbeat_interval: float | None = None
-    sweep_interval: float = 30.0
-    orphan_scan_interval: float = 300.0
-    shutdown_timeout: float = 30.0
-    max_deliveries: int = 5
-    fire_batch: int = 500
-    configure_server: bool = True
-    watch_lease: float = 10.0
+    concurrency: int = _setting(
+        10, "jobs run at once (coroutines on the loop, functions in a thread pool)"
+    )
+    visibility_timeout: float = _setting(
+        60.0, "seconds a delivered job may go without a heartbeat before another worker takes "
+        "it over (a crashed worker's jobs run again after this)"
+    )  # fmt: skip
+    heartbeat_interval: float | None = _setting(
+        None, "seconds between heartbeats of running jobs (default: a third of the visibility "
+        "timeout)"
+    )  # fmt: skip
+    sweep_interval: float = _setting(
+        30.0, "seconds between sweeps for overdue timers and stuck jobs"
+    )
+    orphan_scan_interval: float = _setting(
+        300.0, "seconds between full scans for orphaned data keys"
+    )
+    shutdown_timeout: float = _setting(
+        30.0, "seconds to let running jobs finish on SIGTERM before handing them back"
+    )
+    max_deliveries: int = _setting(
+        5, "a job delivered more often than this (its worker died each time) goes to the dead "
+        "letters"
+    )  # fmt: skip
+    fire_batch: int = _setting(500, "timers claimed per script call")
+    configure_server: bool = _setting(
+        True, "enable keyspace notifications with CONFIG SET when they are off"
+    )
+    watch_lease: float = _setting(
+        10.0, "seconds the watch leader (the one worker applying watched keys' events, "
+        "on_expire) holds its lease between renewals; a stopped leader is replaced after this"
+    )  # fmt: skip
+
+    @staticmethod
+    def help(name: str) -> str:
+        meaning: str = WorkerSettings.__dataclass_fields__[name].metadata["help"]
+        return meaning
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "fire_batch", "max_deliveries"):

@@ -140,7 +140,7 @@ class Worker:
             max_payload_bytes=app.max_payload_bytes,
             dead_letters=DeadLetterBound(app.dead_letter_maxlen, app.dead_letter_max_bytes),
             stopping=stopping,
-            periodic=periodics,
+            gates=periodics,
         )  # fmt: skip
         sweeper = self._sweeper = Sweeper(
             engine, firing, orphan_scan_interval=settings.orphan_scan_interval,
@@ -173,7 +173,7 @@ class Worker:
         ]  # fmt: skip
         upkeep = [
             asyncio.create_task(guarded("acknowledgements", executor.run_acks, stopping)),
-            asyncio.create_task(self._heartbeats(executor)),
+            asyncio.create_task(self._heartbeats(executor, periodics)),
         ]
         # Nudges published before the subscription is active would be lost: wait for it.
         await wait_any([listener.subscribed, stopping], 10)
@@ -196,14 +196,13 @@ class Worker:
         sweeper.request(full=True)
         firing.wake.set()
 
-    async def _heartbeats(self, executor: Executor) -> None:
+    async def _heartbeats(self, executor: Executor, periodics: PeriodicRunner) -> None:
         # Runs until the very end of shutdown, so jobs finishing during drain stay ours.
         while True:
             await asyncio.sleep(self.settings.heartbeat)
             try:
                 await executor.heartbeat()
-                if executor.periodic is not None:
-                    await executor.periodic.refresh_locks()
+                await periodics.refresh_locks()
             except Exception as exc:
                 log.warning("heartbeat failed: %r", exc)
 
