@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce clean
+.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: $(STAMP)
 
 bench-debounce: $(STAMP)
 	$(BIN)/python benchmarks/bench_debounce.py
+
+# The asyncio producer, bursts and sustained load with one Redis write per job.
+bench-load: $(STAMP)
+	$(BIN)/python benchmarks/bench_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import random
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -25,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from bench_table import Row, report
 from bench_tasks import BenchTasks, lateness_key, ping_key, register
 
 from delayq import Delayq, ScheduleRequest
 from delayq.testing import (
     WorkerProcess,
     describe_host,
-    format_table,
-    scratch_server,
-    verdict,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +61,6 @@ FULL = Config(single=20_000, batch=200_000, pending=1_000_000, due=20_000, windo
               noop=100_000, concurrency=200, seed=1)  # fmt: skip
 QUICK = replace(FULL, single=2_000, batch=20_000, pending=50_000, due=4_000, window=2.0,
                 noop=10_000)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    measurement: str
-    figure: str
-    target: str = "-"
-    ok: bool | None = None
 
 
 # -- the worker process -------------------------------------------------------------------------
@@ -288,12 +279,6 @@ def wait_drained(app: Delayq, client: redis.Redis, worker: WorkerProcess, timeou
 # -- report -------------------------------------------------------------------------------------
 
 
-def print_table(rows: list[Row]) -> None:
-    header = ("measurement", "result", "target", "")
-    cells = [(r.measurement, r.figure, r.target, verdict(r.ok)) for r in rows]
-    print("\n".join(format_table([header, *cells], "<><<", rule=True)))
-
-
 def describe(cfg: Config, client: redis.Redis) -> str:
     worker = f"worker: 1 process, --concurrency {cfg.concurrency}, async tasks"
     return f"{describe_host(client)}\n{worker}"
@@ -337,18 +322,10 @@ def run(cfg: Config, url: str, workdir: Path) -> Iterator[Row]:
         client.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    started = time.perf_counter()
-    rows: list[Row] = []
-    with scratch_server("delayq-bench-") as (server, workdir):
-        for row in run(cfg, server.url, workdir):
-            rows.append(row)
-            print(f"  {row.measurement}: {row.figure}", flush=True)
-    print()
-    print_table(rows)
-    print(f"\ntotal time {time.perf_counter() - started:.0f} s")
+    return report("delayq-bench-", lambda url, workdir: run(cfg, url, workdir))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

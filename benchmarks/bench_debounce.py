@@ -19,7 +19,6 @@ many that expire during it. Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import textwrap
@@ -40,6 +39,7 @@ from bench_debounce_tasks import (
     ping_key,
     quiet,
 )
+from bench_table import cpu_seconds
 
 from delayq.testing import (
     WorkerProcess,
@@ -113,17 +113,6 @@ def worker_process(concurrency: int, log_path: Path) -> WorkerProcess:
     cwd: the CLI imports benchmarks.bench_debounce_tasks from there."""
     return WorkerProcess(WORKER_APP, app.url, NAMESPACE, "--concurrency", str(concurrency),
                          "--shutdown-timeout", "5", cwd=ROOT, log_path=log_path)  # fmt: skip
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (Linux only)."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- helpers ------------------------------------------------------------------------------------

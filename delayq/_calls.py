@@ -35,6 +35,9 @@ class Call(Generic[T]):
     refused: str | None = None
     # Passed to redis-py's reply parser for this command (e.g. ``withscores``).
     options: dict[str, Any] = field(default_factory=dict)
+    # How many of a batch's items (timers, touches) the call carries: a batch refused for lack
+    # of memory counts in them what completed.
+    weight: int = 1
 
 
 def command(*args: Any, decode: Callable[[Any], T] = _as_is, **options: Any) -> Call[T]:
@@ -48,8 +51,9 @@ def script(
     *,
     decode: Callable[[Any], T] = _as_is,
     refused: str | None = None,
+    weight: int = 1,
 ) -> Call[T]:
-    return Call((*keys, *args), decode, name, len(keys), refused)
+    return Call((*keys, *args), decode, name, len(keys), refused, weight=weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,8 @@ class Batch(Generic[T]):
 
     With ``transaction``, the calls run as one MULTI/EXEC (and ``chunk`` is ignored). A batch
     whose calls fail raises the first failure once every call of its chunk has been sent; for a
-    refusal for lack of memory, a ServerOutOfMemory that counts the calls that completed.
+    refusal for lack of memory, a ServerOutOfMemory that counts the items that completed (each
+    call's ``weight``).
     """
 
     calls: Sequence[Call[T]]
@@ -75,7 +80,7 @@ def mapped(call: Call[T], then: Callable[[T], U]) -> Call[U]:
     """The same call, its decoded reply passed through ``then``."""
     decode = call.decode
     return Call(call.args, lambda reply: then(decode(reply)), call.script, call.numkeys,
-                call.refused, call.options)  # fmt: skip
+                call.refused, call.options, call.weight)  # fmt: skip
 
 
 def server_ms(reply: Any) -> int:

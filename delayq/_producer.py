@@ -82,7 +82,7 @@ class Producer:
         return await self._arun(self._schedule_many(list(requests), chunk))
 
     def _schedule_many(self, reqs: list[ScheduleRequest], chunk: int) -> Flow[list[Timer]]:
-        armed: list[Armed] = yield self.store.schedule_many(reqs, chunk=chunk)
+        armed = yield from self.store.schedule_many(reqs, chunk=chunk)
         timers = []
         for one in armed:
             timers.append((yield from self._armed_timer(one)))
@@ -108,7 +108,7 @@ class Producer:
         return await self._arun(self._touch_many(list(requests), chunk))
 
     def _touch_many(self, reqs: list[TouchRequest], chunk: int) -> Flow[list[Timer]]:
-        touched: list[Touched] = yield self.store.touch_many(reqs, chunk=chunk)
+        touched = yield from self.store.touch_many(reqs, chunk=chunk)
         return [self._touched(r, t) for r, t in zip(reqs, touched, strict=True)]
 
     def _touched(self, request: TouchRequest, touched: Touched) -> Timer:

@@ -10,6 +10,7 @@ FLUSH). Everything else, the keys, arguments and reading of replies, is built on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, Generic, TypeVar, overload
 
@@ -17,11 +18,14 @@ import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.exceptions import ConnectionError as ConnectionLost
+from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
+from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Batch, Call, Flow, Step
 from delayq._errors import ServerOutOfMemory
 from delayq._scripts import SCRIPTS
+from delayq._wire import packed, wire
 
 T = TypeVar("T")
 
@@ -35,10 +39,21 @@ def out_of_memory(what: str, *, completed: int = 0) -> ServerOutOfMemory:
     )
 
 
-def _wire(call: Call[Any]) -> tuple[Any, ...]:
-    if call.script is None:
-        return call.args
-    return ("EVALSHA", SCRIPTS.sha(call.script), call.numkeys, *call.args)
+# A connection lost on the direct path: the calls go again through redis-py's pipeline, which
+# reconnects and retries as the client is configured to (as any redis-py call would).
+DROPPED = (ConnectionLost, ReplyTimeout)
+
+
+def _direct_path(calls: Sequence[Call[Any]], transaction: bool) -> bool:
+    """Script calls (no reply callbacks, no MULTI) go straight to a pooled connection, past
+    redis-py's per-command machinery, which costs more than the server takes to run them."""
+    return not transaction and all(call.script is not None for call in calls)
+
+
+def _raised(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def _unknown_scripts(calls: Sequence[Call[Any]], replies: list[Any]) -> set[str]:
@@ -47,13 +62,15 @@ def _unknown_scripts(calls: Sequence[Call[Any]], replies: list[Any]) -> set[str]
 
 
 def _decoded(batch: Batch[T], calls: Sequence[Call[T]], replies: list[Any], done: int) -> list[T]:
-    """The chunk's replies decoded, or its first failure raised (after it was all sent)."""
+    """The chunk's replies decoded, or its first failure raised (after it was all sent);
+    ``done``: the items (call weights) of the chunks before it, all completed."""
     errors = [r for r in replies if isinstance(r, Exception)]
     if errors:
         first = errors[0]
         if isinstance(first, OutOfMemoryError):
-            total = len(batch.calls)
-            completed = done + len(replies) - len(errors)
+            total = sum(call.weight for call in batch.calls)
+            completed = done + sum(call.weight for call, reply in zip(calls, replies, strict=True)
+                                   if not isinstance(reply, Exception))  # fmt: skip
             raise out_of_memory(f"{total - completed} of {batch.refused} {total} were",
                                 completed=completed) from first  # fmt: skip
         raise first
@@ -150,19 +167,20 @@ class SyncRunner:
     def _call(self, call: Call[T]) -> T:
         try:
             try:
-                reply = self.client.execute_command(  # type: ignore[no-untyped-call]
-                    *_wire(call), **call.options
-                )
+                reply = self._one(call)
             except NoScriptError:
                 self._load({call.script or ""})
-                reply = self.client.execute_command(  # type: ignore[no-untyped-call]
-                    *_wire(call), **call.options
-                )
+                reply = self._one(call)
         except OutOfMemoryError as exc:
             if call.refused is None:
                 raise
             raise out_of_memory(call.refused) from exc
         return call.decode(reply)
+
+    def _one(self, call: Call[Any]) -> Any:
+        if call.script is None:
+            return self.client.execute_command(*wire(call), **call.options)  # type: ignore[no-untyped-call]
+        return _raised(self._send([call], False)[0])
 
     def _load(self, names: set[str]) -> None:
         for name in names:
@@ -172,6 +190,7 @@ class SyncRunner:
 
     def _batch(self, batch: Batch[T]) -> list[T]:
         decoded: list[T] = []
+        done = 0
         for calls in _chunks(batch):
             replies = self._send(calls, batch.transaction)
             unknown = _unknown_scripts(calls, replies)
@@ -181,21 +200,51 @@ class SyncRunner:
                 resent = self._send([calls[i] for i in again], batch.transaction)
                 for i, reply in zip(again, resent, strict=True):
                     replies[i] = reply
-            decoded += _decoded(batch, calls, replies, len(decoded))
+            decoded += _decoded(batch, calls, replies, done)
+            done += sum(call.weight for call in calls)
         return decoded
 
     def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
+        """The calls' replies in order, an error reply as its exception."""
         if not calls:
             return []
+        if _direct_path(calls, transaction):
+            with contextlib.suppress(*DROPPED):
+                return self._direct(calls)
         with self.client.pipeline(transaction=transaction) as pipe:
             for call in calls:
-                pipe.execute_command(*_wire(call), **call.options)  # type: ignore[no-untyped-call]
+                pipe.execute_command(*wire(call), **call.options)  # type: ignore[no-untyped-call]
             return pipe.execute(raise_on_error=False)
+
+    def _direct(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(  # type: ignore[no-untyped-call]
+                packed(calls), check_health=False
+            )
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # replies left unread would be taken for the next call's
+            raise
+        finally:
+            pool.release(conn)
 
 
 class AsyncRunner:
+    """Script calls made by many tasks at once are written together on one connection (see
+    ``_one``): a thousand concurrent ``aschedule()`` cost a few round trips, not a thousand."""
+
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
+        self._waiting: list[tuple[Call[Any], asyncio.Future[Any]]] = []
+        self._writes: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, options: dict[str, Any], *, retry: bool = True) -> AsyncRunner:
@@ -237,19 +286,50 @@ class AsyncRunner:
     async def _call(self, call: Call[T]) -> T:
         try:
             try:
-                reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
-                    *_wire(call), **call.options
-                )
+                reply = await self._one(call)
             except NoScriptError:
                 await self._load({call.script or ""})
-                reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
-                    *_wire(call), **call.options
-                )
+                reply = await self._one(call)
         except OutOfMemoryError as exc:
             if call.refused is None:
                 raise
             raise out_of_memory(call.refused) from exc
         return call.decode(reply)
+
+    async def _one(self, call: Call[Any]) -> Any:
+        if call.script is None:
+            return await self.client.execute_command(*wire(call), **call.options)  # type: ignore[no-untyped-call]
+        # Script calls queued by other tasks before this turn of the loop ends go in the same
+        # write; each caller still gets its own reply or error.
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((call, future))
+        if len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._write_waiting)
+        return await future
+
+    def _write_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        write = asyncio.create_task(self._deliver(waiting))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def _deliver(self, waiting: list[tuple[Call[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._send([call for call, _ in waiting], False)
+        except BaseException as exc:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), reply in zip(waiting, replies, strict=True):
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
     async def _load(self, names: set[str]) -> None:
         for name in names:
@@ -259,6 +339,7 @@ class AsyncRunner:
 
     async def _batch(self, batch: Batch[T]) -> list[T]:
         decoded: list[T] = []
+        done = 0
         for calls in _chunks(batch):
             replies = await self._send(calls, batch.transaction)
             unknown = _unknown_scripts(calls, replies)
@@ -268,16 +349,39 @@ class AsyncRunner:
                 resent = await self._send([calls[i] for i in again], batch.transaction)
                 for i, reply in zip(again, resent, strict=True):
                     replies[i] = reply
-            decoded += _decoded(batch, calls, replies, len(decoded))
+            decoded += _decoded(batch, calls, replies, done)
+            done += sum(call.weight for call in calls)
         return decoded
 
     async def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
+        """The calls' replies in order, an error reply as its exception."""
         if not calls:
             return []
+        if _direct_path(calls, transaction):
+            with contextlib.suppress(*DROPPED):
+                return await self._direct(calls)
         async with self.client.pipeline(transaction=transaction) as pipe:
             for call in calls:
-                pipe.execute_command(*_wire(call), **call.options)
+                pipe.execute_command(*wire(call), **call.options)
             return await pipe.execute(raise_on_error=False)
+
+    async def _direct(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(packed(calls), check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await conn.disconnect()  # replies left unread would be taken for the next call's
+            raise
+        finally:
+            await pool.release(conn)
 
     def subscription(self) -> Subscription:
         return Subscription(self.client.pubsub())

@@ -13,10 +13,11 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from delayq._calls import Batch, Call, Flow, command, script, server_time, text
+from delayq._calls import Batch, Call, Flow, command, mapped, script, server_time, text
 from delayq._codec import Payload, decode_payload, reencode
 from delayq._errors import InvalidTimerId
 from delayq._keys import WATCH_ID_PREFIX, Keys
@@ -137,28 +138,50 @@ class StoreCalls:
     # -- arming -------------------------------------------------------------------------------
 
     def schedule(self, req: ScheduleRequest) -> Call[Armed]:
-        k, t = self.keys, req.timer_id
-        keys = [k.shadow(t), k.data(t), k.index, k.paused]
-        args: list[Any] = [t, req.payload, *req.when.as_args(), "1" if req.replace else "0",
-                           k.wake_channel]  # fmt: skip
-        return script("schedule", keys, args, refused=f"timer {t!r} was",
-                      decode=lambda reply: _armed(req, reply))  # fmt: skip
+        return mapped(self._arm([req], refused=f"timer {req.timer_id!r} was"), _only)
 
-    def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> Batch[Armed]:
-        return Batch([self.schedule(r) for r in reqs], chunk, refused="a batch of")
+    def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> Flow[list[Armed]]:
+        """``chunk`` timers per round trip, in script calls of up to SCRIPT_BATCH, in order."""
+        calls, per_trip = _grouped(reqs, chunk, self._arm)
+        groups = yield Batch(calls, per_trip, refused="a batch of")
+        return [armed for group in groups for armed in group]
+
+    def _arm(
+        self, reqs: Sequence[ScheduleRequest], refused: str | None = None
+    ) -> Call[list[Armed]]:
+        k = self.keys
+        keys: list[Any] = [k.index, k.paused]
+        args: list[Any] = [k.wake_channel]
+        for req in reqs:
+            t = req.timer_id
+            keys += (k.shadow(t), k.data(t))
+            args += (t, req.payload, req.when.mode, req.when.ms, "1" if req.replace else "0")
+        return script("schedule", keys, args, refused=refused, weight=len(reqs),
+                      decode=lambda reply: _armed(reqs, reply))  # fmt: skip
 
     def touch(self, req: TouchRequest) -> Call[Touched]:
-        k, t = self.keys, req.timer_id
-        retired = k.retired_cycle_id(t, f"{self._nonce_prefix}{next(self._nonces):x}")
-        keys = [k.shadow(t), k.data(t), k.items(t), k.index, k.first_touch, k.paused,
-                k.data(retired), k.items(retired)]  # fmt: skip
-        args: list[Any] = [t, req.payload, req.window_ms, req.mode, req.max_items,
-                           req.max_wait_ms, k.wake_channel, req.item, retired]  # fmt: skip
-        return script("touch", keys, args, refused=f"touch of timer {t!r} was",
-                      decode=lambda reply: Touched(t, *reply))  # fmt: skip
+        return mapped(self._touch([req], refused=f"touch of timer {req.timer_id!r} was"), _only)
 
-    def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> Batch[Touched]:
-        return Batch([self.touch(r) for r in reqs], chunk, refused="a batch of")
+    def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> Flow[list[Touched]]:
+        """``chunk`` touches per round trip, in script calls of up to SCRIPT_BATCH, in order."""
+        calls, per_trip = _grouped(reqs, chunk, self._touch)
+        groups = yield Batch(calls, per_trip, refused="a batch of")
+        return [touched for group in groups for touched in group]
+
+    def _touch(
+        self, reqs: Sequence[TouchRequest], refused: str | None = None
+    ) -> Call[list[Touched]]:
+        k = self.keys
+        keys: list[Any] = [k.index, k.first_touch, k.paused]
+        args: list[Any] = [k.wake_channel]
+        for req in reqs:
+            t = req.timer_id
+            retired = k.retired_cycle_id(t, f"{self._nonce_prefix}{next(self._nonces):x}")
+            keys += (k.shadow(t), k.data(t), k.items(t), k.data(retired), k.items(retired))
+            args += (t, req.payload, req.window_ms, req.mode, req.max_items, req.max_wait_ms,
+                     req.item, retired)  # fmt: skip
+        return script("touch", keys, args, refused=refused, weight=len(reqs),
+                      decode=lambda reply: _touched(reqs, reply))  # fmt: skip
 
     # -- one timer ----------------------------------------------------------------------------
 
@@ -290,9 +313,44 @@ class StoreCalls:
         return int((yield command("XDEL", self.keys.dead, *entry_ids)))
 
 
-def _armed(req: ScheduleRequest, reply: list[Any]) -> Armed:
-    created, due, now, stored = reply
-    return Armed(req.timer_id, created == 1, int(due), int(now), stored or req.payload)
+# Timers or touches per script call of a batch: enough to spread a call's fixed cost (the
+# round trip's share, the server's clock, the due index's head), few enough that one call
+# holds the server for about a millisecond.
+SCRIPT_BATCH = 100
+
+R = TypeVar("R")
+A = TypeVar("A")
+
+
+def _grouped(
+    reqs: list[R], chunk: int, build: Callable[[Sequence[R]], Call[A]]
+) -> tuple[list[Call[A]], int]:
+    """The script calls for ``reqs``, and how many of them to send per round trip so that one
+    trip carries about ``chunk`` requests."""
+    size = max(1, min(chunk, SCRIPT_BATCH))
+    calls = [build(reqs[i : i + size]) for i in range(0, len(reqs), size)]
+    return calls, max(1, chunk // size)
+
+
+def _only(replies: list[A]) -> A:
+    (reply,) = replies
+    return reply
+
+
+def _armed(reqs: Sequence[ScheduleRequest], reply: list[Any]) -> list[Armed]:
+    now = int(reply[0])
+    return [
+        Armed(req.timer_id, reply[i] == 1, int(reply[i + 1]), now, reply[i + 2] or req.payload)
+        for req, i in zip(reqs, range(1, len(reply), 3), strict=True)
+    ]
+
+
+def _touched(reqs: Sequence[TouchRequest], reply: list[Any]) -> list[Touched]:
+    now = int(reply[0])
+    return [
+        Touched(req.timer_id, int(reply[i]), int(reply[i + 1]), now, int(reply[i + 2]))
+        for req, i in zip(reqs, range(1, len(reply), 3), strict=True)
+    ]
 
 
 def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:

@@ -21,9 +21,6 @@ class When:
     mode: Literal["delay", "at"]
     ms: int
 
-    def as_args(self) -> list[str | int]:
-        return [self.mode, self.ms]
-
 
 def delay_seconds(delay: Delay, *, name: str = "delay") -> float:
     if isinstance(delay, bool) or not isinstance(delay, int | float | dt.timedelta):

@@ -1,5 +1,6 @@
 -- prelude.lua: code the scripts share, placed after each script's #!lua line (see _scripts.py).
--- Its names (GRACE, server_now, arm, settle) are the scripts' own: they never copy it.
+-- Its names (GRACE, server_now, earliest, place, arm, settle) are the scripts' own: they
+-- never copy it.
 --
 -- A shadow key outlives its deadline by GRACE ms (SHADOW_GRACE_MS in _keys.py): a timer
 -- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
@@ -11,18 +12,27 @@ local function server_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Arm timer `id` (its data key is the caller's): a shadow key holding `duration` (what a
--- restart arms again) that expires GRACE after `due`, and its due-index entry. A new earliest
--- deadline is published on `wake`, so that a worker sleeping until a later one wakes for it.
-local function arm(shadow, index, id, due, duration, now, wake)
+-- The earliest deadline in due index `index`, or math.huge when it is empty.
+local function earliest(index)
+  local head = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  return head[2] and tonumber(head[2]) or math.huge
+end
+
+-- Place timer `id` (its data key is the caller's): a shadow key holding `duration` (what a
+-- restart arms again) that expires GRACE after `due`, and its due-index entry.
+local function place(shadow, index, id, due, duration, now)
   local ttl = due - now
   if ttl < 1 then ttl = 1 end
-  local head = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
   redis.call('SET', shadow, duration, 'PX', ttl + GRACE)
   redis.call('ZADD', index, due, id)
-  if head[2] == nil or due < tonumber(head[2]) then
-    redis.call('PUBLISH', wake, due)
-  end
+end
+
+-- place(), and a new earliest deadline published on `wake`, so that a worker sleeping until a
+-- later one wakes for it.
+local function arm(shadow, index, id, due, duration, now, wake)
+  local head = earliest(index)
+  place(shadow, index, id, due, duration, now)
+  if due < head then redis.call('PUBLISH', wake, due) end
 end
 
 -- Settle a delivery of the ready stream: only the worker that still owns the entry may
