@@ -38,10 +38,15 @@ class Call(Generic[T]):
     # How many of a batch's items (timers, touches) the call carries: a batch refused for lack
     # of memory counts in them what completed.
     weight: int = 1
+    # ``decode`` reads the reply as the server sent it (as for scripts), not as redis-py's reply
+    # callback for the command would turn it: the runners may then send it on their direct path.
+    raw: bool = False
 
 
-def command(*args: Any, decode: Callable[[Any], T] = _as_is, **options: Any) -> Call[T]:
-    return Call(args, decode, options=options)
+def command(
+    *args: Any, decode: Callable[[Any], T] = _as_is, raw: bool = False, **options: Any
+) -> Call[T]:
+    return Call(args, decode, options=options, raw=raw)
 
 
 def script(
@@ -80,7 +85,7 @@ def mapped(call: Call[T], then: Callable[[T], U]) -> Call[U]:
     """The same call, its decoded reply passed through ``then``."""
     decode = call.decode
     return Call(call.args, lambda reply: then(decode(reply)), call.script, call.numkeys,
-                call.refused, call.options, call.weight)  # fmt: skip
+                call.refused, call.options, call.weight, call.raw)  # fmt: skip
 
 
 def server_ms(reply: Any) -> int:

@@ -45,9 +45,10 @@ DROPPED = (ConnectionLost, ReplyTimeout)
 
 
 def _direct_path(calls: Sequence[Call[Any]], transaction: bool) -> bool:
-    """Script calls (no reply callbacks, no MULTI) go straight to a pooled connection, past
-    redis-py's per-command machinery, which costs more than the server takes to run them."""
-    return not transaction and all(call.script is not None for call in calls)
+    """Script calls and raw commands (no reply callbacks, no MULTI) go straight to a pooled
+    connection, past redis-py's per-command machinery, which costs more than the server
+    takes to run them."""
+    return not transaction and all(call.script is not None or call.raw for call in calls)
 
 
 def _raised(reply: Any) -> Any:
@@ -178,7 +179,7 @@ class SyncRunner:
         return call.decode(reply)
 
     def _one(self, call: Call[Any]) -> Any:
-        if call.script is None:
+        if call.script is None and not call.raw:
             return self.client.execute_command(*wire(call), **call.options)  # type: ignore[no-untyped-call]
         return _raised(self._send([call], False)[0])
 
@@ -298,6 +299,8 @@ class AsyncRunner:
 
     async def _one(self, call: Call[Any]) -> Any:
         if call.script is None:
+            if call.raw:  # never coalesced: it may be a blocking read
+                return _raised((await self._send([call], False))[0])
             return await self.client.execute_command(*wire(call), **call.options)  # type: ignore[no-untyped-call]
         # Script calls queued by other tasks before this turn of the loop ends go in the same
         # write; each caller still gets its own reply or error.

@@ -34,6 +34,7 @@ NAMES = (
     "record_run",
     "renew",
     "ensure_group",
+    "ack",
 )
 
 

@@ -72,6 +72,23 @@ def _deliveries(entries: list[Any]) -> list[Delivery]:
     return [_delivery(eid, fields) for eid, fields in entries if fields]
 
 
+def _read_reply(reply: Any) -> list[Delivery]:
+    """XREADGROUP's reply as the server sent it: nil, or the one stream's entries (RESP2: a
+    list of [name, entries]; RESP3: a map of name to entries), each [id, [field, value, ...]]
+    (the fields nil when the entry was deleted meanwhile)."""
+    if not reply:
+        return []
+    streams = list(reply.values()) if isinstance(reply, dict) else [s[1] for s in reply]
+    return [_delivery(eid, _pairs(fields)) for entries in streams for eid, fields in entries
+            if fields]  # fmt: skip
+
+
+def _pairs(fields: list[bytes] | dict[bytes, bytes]) -> dict[bytes, bytes]:
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True))
+
+
 def _due_ms(raw: bytes | None) -> int:
     """An entry's deadline; 0 when it is missing or garbled (an entry written by something
     else), so that one odd entry never stops a worker from reading those around it."""
@@ -257,14 +274,16 @@ class WorkerCalls:
 
     def read(self, count: int, block_ms: int) -> Flow[list[Delivery]]:
         try:
-            reply = yield command("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
-                                  "BLOCK", block_ms, "STREAMS", self.keys.ready, ">")  # fmt: skip
+            read: list[Delivery] = yield command(
+                "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", self.keys.ready, ">", decode=_read_reply, raw=True,
+            )  # fmt: skip
         except ResponseError as exc:
             if not _lost_group(exc):
                 raise
             yield self.ensure_group()
             return []
-        return _deliveries(reply[0][1]) if reply else []
+        return read
 
     def reclaim(self, min_idle_ms: int, count: int) -> Flow[list[Delivery]]:
         """Take over jobs whose worker stopped heart-beating (XAUTOCLAIM)."""
@@ -298,10 +317,9 @@ class WorkerCalls:
             for entry in entry_ids
         ])  # fmt: skip
 
-    def ack(self, deliveries: list[Delivery]) -> Batch[Any]:
+    def ack(self, deliveries: list[Delivery]) -> Call[int]:
         entries = [d.entry_id for d in deliveries]
-        return Batch([command("XACK", self.keys.ready, GROUP, *entries),
-                      command("XDEL", self.keys.ready, *entries)], transaction=True)  # fmt: skip
+        return script("ack", [self.keys.ready], [GROUP, *entries], decode=int)
 
     def retry(
         self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None

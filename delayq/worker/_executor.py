@@ -1,19 +1,21 @@
 """Running fired jobs: read from the stream, run, then acknowledge, retry or bury.
 
-Coroutine functions run on the worker's event loop; plain functions run in a thread pool of
-``concurrency`` threads, so a blocking handler never stalls the loop that fires timers.
+Coroutine functions run on the worker's event loop; plain functions run on ``concurrency``
+threads (``_lanes``), so a blocking handler never stalls the loop that fires timers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
 import logging
+import math
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +25,19 @@ from delayq._errors import JobTimeout, PayloadError
 from delayq._hooks import Delivery, RunGates
 from delayq._task import Task
 from delayq.worker._engine import DeadLetterBound, Engine
+from delayq.worker._lanes import Lanes
 from delayq.worker._loops import wait_any
 from delayq.worker._settings import WorkerSettings
 
 log = logging.getLogger("delayq.worker")
 ACK_CHUNK = 500
 QUEUE_RETRY_S = 1.0
+# Deliveries are read ahead of free slots (up to ``concurrency`` more) only while recent jobs
+# took less than this: a freed slot then starts the next job without waiting for a read,
+# and what waits in the buffer waits no longer than about one such job. Slow jobs get no
+# read-ahead, so that other workers can take what this one could not start.
+READ_AHEAD_MAX_JOB_S = 0.05
+JOB_TIME_WEIGHT = 0.2  # of the newest job in the moving average of job durations
 
 
 @dataclass
@@ -66,8 +75,11 @@ class Executor:
         self.max_payload_bytes = max_payload_bytes
         self.dead_letters = dead_letters
         self.stopping = stopping
-        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="delayq-job")
+        self.lanes = Lanes(settings.concurrency, "delayq-job")
         self.running: dict[str, Running] = {}
+        # Read ahead, not started yet: this worker's (heart-beaten, handed back on stopping).
+        self.buffered: collections.deque[Delivery] = collections.deque()
+        self.job_seconds = math.inf  # moving average of job durations; none measured yet
         self.slot_freed = asyncio.Event()
         self.to_ack: list[Delivery] = []
         # Running jobs whose outcome is recorded or being recorded: the server may drop their
@@ -76,22 +88,32 @@ class Executor:
         self.ack_ready = asyncio.Event()
         self.counters = Counters()
         self.abandoned_threads = 0
-        self.old_pools: list[ThreadPoolExecutor] = []
 
     @property
     def free_slots(self) -> int:
         return self.settings.concurrency - len(self.running)
 
+    def _wanted(self) -> int:
+        """How many deliveries to read now: the free slots, and the read-ahead's room."""
+        room = self.settings.concurrency if self.job_seconds <= READ_AHEAD_MAX_JOB_S else 0
+        return self.free_slots + room - len(self.buffered)
+
     # -- intake -------------------------------------------------------------------------------
 
     async def consume(self) -> None:
         while not self.stopping.is_set():
-            if self.free_slots <= 0:
+            wanted = self._wanted()
+            if wanted <= 0:
                 self.slot_freed.clear()
                 await wait_any([self.slot_freed, self.stopping], 1.0)
                 continue
-            deliveries = await self.engine.run(self.engine.read(self.free_slots, block_ms=500))
-            self.admit(deliveries)
+            deliveries = await self.engine.run(self.engine.read(wanted, block_ms=500))
+            self.buffered.extend(deliveries)
+            self._start_buffered()
+
+    def _start_buffered(self) -> None:
+        while self.buffered and (self.free_slots > 0 or self.stopping.is_set()):
+            self.admit([self.buffered.popleft()])
 
     async def reclaim(self) -> None:
         """Take over jobs of workers that stopped heart-beating."""
@@ -125,11 +147,17 @@ class Executor:
         """Run what becomes of a delivery as a tracked job that holds a slot until done."""
         job = asyncio.create_task(outcome)
         self.running[d.entry_id] = Running(d, job)
-        job.add_done_callback(functools.partial(self._finished, d.entry_id))
+        job.add_done_callback(functools.partial(self._finished, d.entry_id, time.monotonic()))
 
-    def _finished(self, entry_id: str, _job: asyncio.Task[None]) -> None:
+    def _finished(self, entry_id: str, started: float, _job: asyncio.Task[None]) -> None:
+        took = time.monotonic() - started
+        if math.isinf(self.job_seconds):
+            self.job_seconds = took
+        else:
+            self.job_seconds += JOB_TIME_WEIGHT * (took - self.job_seconds)
         self.running.pop(entry_id, None)
         self.settled.discard(entry_id)
+        self._start_buffered()
         self.slot_freed.set()
 
     # -- one job ------------------------------------------------------------------------------
@@ -206,6 +234,7 @@ class Executor:
         # by a coroutine awaited in it, or by the task wait_for makes for a timeout (a copy of
         # this context), and by nothing else.
         token = bind_job(job)
+        in_thread: asyncio.Future[Any] | None = None
         try:
             if task.is_async:
                 run: Awaitable[Any] = task.call_async(args, kwargs)
@@ -213,23 +242,17 @@ class Executor:
                 # Threads do not inherit context variables: hand this one over explicitly.
                 context = contextvars.copy_context()
                 call = functools.partial(context.run, task.call_sync, args, kwargs)
-                run = asyncio.get_running_loop().run_in_executor(self.pool, call)
+                run = in_thread = self.lanes.run(call)
             await asyncio.wait_for(run, limit)
         except TimeoutError:
-            if not task.is_async:
-                self._replace_pool()
+            if in_thread is not None:
+                # A thread cannot be stopped: the worker keeps its full concurrency without it.
+                self.abandoned_threads += 1
+                log.warning("a job thread is still running past its timeout; it is abandoned")
+                self.lanes.abandon(in_thread)
             raise JobTimeout(f"ran longer than its timeout of {limit} s") from None
         finally:
             unbind_job(token)
-
-    def _replace_pool(self) -> None:
-        """A thread cannot be stopped: leave the hung one to its old pool and give the
-        other slots a fresh pool, so that the worker keeps its full concurrency."""
-        self.abandoned_threads += 1
-        log.warning("a job thread is still running past its timeout; it is abandoned")
-        self.pool.shutdown(wait=False)
-        self.old_pools.append(self.pool)
-        self.pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="delayq-job")
 
     async def _failed(
         self,
@@ -304,10 +327,10 @@ class Executor:
     async def heartbeat(self) -> None:
         # Jobs done but not yet acknowledged (the server was away) stay ours too.
         entries = [e for e in self.running if e not in self.settled]
-        entries += [d.entry_id for d in self.to_ack]
+        entries += [d.entry_id for d in (*self.to_ack, *self.buffered)]
         lost = await self.engine.run(self.engine.heartbeat(entries))
         # Still ours to settle once the reply came: the others were settled meanwhile.
-        waiting = {d.entry_id for d in self.to_ack}
+        waiting = {d.entry_id for d in (*self.to_ack, *self.buffered)}
         lost = [e for e in lost if e in waiting or (e in self.running and e not in self.settled)]
         if lost:
             # Another worker took them over after this one missed its heartbeats; both may
@@ -316,6 +339,7 @@ class Executor:
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: let running jobs finish for ``timeout`` s, then hand the rest back."""
+        self._start_buffered()  # stopping: each is handed back at once
         deadline = asyncio.get_running_loop().time() + timeout
         while self.running:
             left = deadline - asyncio.get_running_loop().time()
@@ -332,10 +356,8 @@ class Executor:
         await self.flush_acks()
 
     def shutdown_pool(self) -> bool:
-        """Stop the thread pool; True if a handler thread is still running."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        pools = [self.pool, *self.old_pools]
-        return any(t.is_alive() for pool in pools for t in getattr(pool, "_threads", ()))
+        """Stop the handler threads; True if a handler is still running."""
+        return self.lanes.shutdown()
 
 
 def _job_context(d: Delivery, task: Task[Any, Any], payload: Payload) -> JobContext:
