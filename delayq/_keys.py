@@ -188,6 +188,10 @@ class Keys:
     def expired_channel(db: int) -> str:
         return f"__keyevent@{db}__:expired"
 
+    def shadow_events(self, db: int) -> str:
+        """The keyspace channels of this namespace's shadow keys, as a subscription pattern."""
+        return self.keyspace_pattern(db, self.shadow_prefix + "*")
+
     def acl_rules(self, db: int = 0, watch: tuple[tuple[str, str | None], ...] = ()) -> list[str]:
         """ACL SETUSER rules granting what delayq needs in this namespace, and nothing else.
 
@@ -195,7 +199,7 @@ class Keys:
         """
         keys = [f"~{self.prefix}*"]
         channels = [f"&{self.wake_channel}", f"&{self.expired_channel(db)}",
-                    f"&{self.watch_barrier_prefix}*"]  # fmt: skip
+                    f"&{self.shadow_events(db)}", f"&{self.watch_barrier_prefix}*"]  # fmt: skip
         for pattern, data in watch:
             keys.append(f"~{pattern}")
             channels.append(f"&{self.keyspace_pattern(db, pattern)}")

@@ -77,7 +77,7 @@ class EmbeddedServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
-            "--notify-keyspace-events", "Ex",
+            "--notify-keyspace-events", "KEx",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--save", self.save,

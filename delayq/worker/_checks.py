@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -24,11 +25,48 @@ NEEDED_FLAGS_HELP = (
 )
 
 
-def missing_flags(flags: str, *, keyspace: bool) -> str:
-    """The notify-keyspace-events classes delayq needs that ``flags`` lacks ("" if none)."""
+def _classes(flags: str) -> set[str]:
     have = set(flags)
     if "A" in have:
         have |= set("g$lshzxetd")  # 'A' is an alias for every class of event
+    return have
+
+
+# Event classes that publish more than expiries for shadow keys: `set` ($), `del` and `expire`
+# (g), `new` (n) and `keymiss` (m).
+_SHADOW_WRITES = set("g$nm")
+
+
+@dataclass(frozen=True, slots=True)
+class HintSource:
+    """Where a worker hears of expired shadow keys (expiry hints), if anywhere."""
+
+    pattern: str | None = None  # a keyspace pattern matching this namespace's shadow keys only
+    channel: str | None = None  # the database-wide `expired` keyevent channel
+    why: str = ""
+
+
+def hint_source(flags: str | None, keys: Keys, db: int) -> HintSource:
+    """From the server's notify-keyspace-events (None: unknown, found by experiment).
+
+    Hints only hasten timers the deadline loop has missed (it fires everything from the due
+    index): they are taken where they cost no more than the expiries of delayq's own keys."""
+    if flags is None:
+        return HintSource(channel=Keys.expired_channel(db), why="flags unknown")
+    have = _classes(flags)
+    if "K" in have and "x" in have and not have & _SHADOW_WRITES:
+        return HintSource(pattern=keys.shadow_events(db))
+    if have & _SHADOW_WRITES:
+        # Keyspace events would bring every write of a shadow key, and the keyevent channel
+        # every expiry in the database, to every worker.
+        return HintSource(why=f"notify-keyspace-events {flags!r} publishes key writes")
+    return HintSource(channel=Keys.expired_channel(db),
+                      why=f"notify-keyspace-events {flags!r} has no 'K'")  # fmt: skip
+
+
+def missing_flags(flags: str, *, keyspace: bool) -> str:
+    """The notify-keyspace-events classes delayq needs that ``flags`` lacks ("" if none)."""
+    have = _classes(flags)
     # E and x: the expired keyevents every worker needs. K with g and $: keyspace events of
     # generic and string commands, telling when a watched key gets or loses a TTL.
     wanted = ["E", "x"] + (["K", "g", "$"] if keyspace else [])
@@ -37,8 +75,9 @@ def missing_flags(flags: str, *, keyspace: bool) -> str:
 
 async def ensure_notifications(
     io: AsyncRunner, keys: Keys, *, configure: bool, keyspace: bool = False
-) -> None:
-    """Make sure the needed keyspace notifications are published; enable them if allowed."""
+) -> str | None:
+    """Make sure the needed keyspace notifications are published; enable them if allowed.
+    Returns the flags now set (None when CONFIG is not allowed and they were probed)."""
     help_text = NEEDED_FLAGS_HELP + (
         "; on_expire watchers also need 'K', 'g' and '$' (for example 'KEg$x')" if keyspace else ""
     )
@@ -48,14 +87,15 @@ async def ensure_notifications(
         # CONFIG is disabled (managed services): find out by experiment instead.
         if not await _probe_events(io, keys, keyspace=keyspace):
             raise ConfigurationError(help_text) from None
-        return
+        return None
     flags = _text(config.get(b"notify-keyspace-events", config.get("notify-keyspace-events", "")))
     missing = missing_flags(flags, keyspace=keyspace)
     if not missing:
-        return
+        return flags
     if not configure:
         raise ConfigurationError(f"{help_text} (it is now {flags!r})")
-    wanted = flags + missing
+    # K too: a worker then hears only the expiries of its own keys (see hint_source).
+    wanted = flags + missing + ("" if "K" in flags + missing else "K")
     try:
         await io.run(command("CONFIG SET", "notify-keyspace-events", wanted))
     except ResponseError as exc:
@@ -63,6 +103,7 @@ async def ensure_notifications(
             f"{help_text} (it is now {flags!r}; CONFIG SET failed: {exc})"
         ) from None
     log.info("enabled keyspace notifications: notify-keyspace-events=%s", wanted)
+    return wanted
 
 
 async def warn_on_eviction(io: AsyncRunner) -> None:

@@ -1,6 +1,9 @@
 """The keyspace-notification listener: expired shadow keys and wake nudges (watched keys have
 a subscription of their own, held by the watch leader: see ``_watching``).
 
+Expiry hints come from where ``_checks.hint_source`` found them cheapest: the keyspace channels
+of this namespace's shadow keys, the database-wide ``expired`` channel, or nowhere.
+
 It owns a pub/sub connection that does not reconnect by itself, so that every reconnect is
 seen here and followed by a sweep: whatever was published while it was away is lost.
 """
@@ -17,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delayq._keys import Keys
 from delayq._runners import AsyncRunner, Subscription
+from delayq.worker._checks import HintSource
 from delayq.worker._loops import wait_or_stop
 
 log = logging.getLogger("delayq.worker")
@@ -28,7 +32,7 @@ class Listener:
         self,
         listen: AsyncRunner,
         keys: Keys,
-        db: int,
+        hints: HintSource,
         *,
         on_expired: Callable[[str], None],
         on_wake: Callable[[], None],
@@ -37,7 +41,10 @@ class Listener:
     ) -> None:
         self.listen = listen
         self.keys = keys
-        self.expired_channel = Keys.expired_channel(db).encode()
+        self.hints = hints
+        self.expired_channel = (hints.channel or "").encode()
+        # A shadow key's keyspace channel: this prefix, then the key's name.
+        self.keyspace_prefix = (hints.pattern or "").removesuffix(keys.shadow_prefix + "*")
         self.wake_channel = keys.wake_channel.encode()
         self.on_expired = on_expired
         self.on_wake = on_wake
@@ -51,8 +58,11 @@ class Listener:
         while not self.stopping.is_set():
             pubsub = self.listen.subscription()
             try:
-                await pubsub.subscribe(self.expired_channel, self.wake_channel)
-                await self._confirmed(pubsub, 2)
+                channels = [self.wake_channel, *filter(None, [self.expired_channel])]
+                await pubsub.subscribe(*channels)
+                if self.hints.pattern:
+                    await pubsub.psubscribe(self.hints.pattern)
+                await self._confirmed(pubsub, len(channels) + bool(self.hints.pattern))
                 self.connects += 1
                 if self.connects > 1:
                     log.warning("notification listener reconnected; sweeping for lost events")
@@ -76,16 +86,25 @@ class Listener:
             message = await pubsub.message(timeout=5.0, confirmations=True)
             if message is None:
                 raise RedisTimeoutError("no subscription confirmation within 5 s")
-            if message["type"] == "subscribe":
+            if message["type"] in ("subscribe", "psubscribe"):
                 confirmed += 1
-            elif message["type"] == "message":
+            else:
                 self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        if message["channel"] == self.wake_channel:
+        kind, channel, data = message["type"], message["channel"], message["data"]
+        if kind == "pmessage":  # a shadow key's keyspace channel: the event is the data
+            key = channel.decode("utf-8", "replace")[len(self.keyspace_prefix) :]
+            if data != b"expired":
+                return
+        elif kind != "message":
+            return
+        elif channel == self.wake_channel:
             self.on_wake()
             return
-        timer_id = self.keys.id_from_shadow(message["data"].decode("utf-8", "replace"))
+        else:
+            key = data.decode("utf-8", "replace")
+        timer_id = self.keys.id_from_shadow(key)
         if timer_id is not None:
             self.on_expired(timer_id)
 
@@ -98,7 +117,5 @@ class Listener:
                 # Buffered messages are parsed without yielding; expirations of many unrelated
                 # keys would otherwise stall the deadline loop sharing this event loop.
                 await asyncio.sleep(0)
-            if message is None:
-                continue
-            if message["type"] == "message":
+            if message is not None:
                 self._dispatch(message)

@@ -24,7 +24,7 @@ from delayq._connection import redact_url
 from delayq._defaults import find_task
 from delayq._runners import AsyncRunner
 from delayq._task import Task
-from delayq.worker._checks import ensure_notifications, warn_on_eviction
+from delayq.worker._checks import ensure_notifications, hint_source, warn_on_eviction
 from delayq.worker._engine import DeadLetterBound, Engine
 from delayq.worker._executor import Counters, Executor
 from delayq.worker._firing import Firing
@@ -121,9 +121,13 @@ class Worker:
     async def _serve(self, io: AsyncRunner, listen: AsyncRunner, stopping: asyncio.Event) -> None:
         settings, app = self.settings, self.app
         engine = Engine(io, app.keys, self.name)
-        await ensure_notifications(
+        flags = await ensure_notifications(
             io, app.keys, configure=settings.configure_server, keyspace=bool(app.watchers)
         )
+        hints = hint_source(flags, app.keys, io.db)
+        if hints.pattern is None:
+            log.info("expiry hints from %s (%s); timers fire from the due index as always",
+                     hints.channel or "nowhere", hints.why)  # fmt: skip
         await warn_on_eviction(io)
         await engine.run(engine.ensure_group())
         watching = self._watching = Watching(
@@ -148,7 +152,7 @@ class Worker:
             each_sweep=periodics.keep_armed if periodics.periodics else None,
         )  # fmt: skip
         listener = Listener(
-            listen, app.keys, io.db,
+            listen, app.keys, hints,
             on_expired=firing.hint,
             on_wake=firing.wake.set,
             on_connect=functools.partial(self._after_connect, sweeper, firing),
