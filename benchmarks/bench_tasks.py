@@ -37,6 +37,10 @@ async def noop(n: int = 0) -> None:
     """Does nothing: what remains is the framework's own cost per job."""
 
 
+def noop_sync(n: int = 0) -> None:
+    """A plain function doing nothing: it runs on the worker's handler threads."""
+
+
 async def record(due_ms: int) -> None:
     """Notes how late the job started (ms); the reporter pushes the figures to Redis."""
     _reporter.add(f"{time.time() * 1000 - due_ms:.3f}")
@@ -50,6 +54,7 @@ async def ping() -> None:
 @dataclass(frozen=True, slots=True)
 class BenchTasks:
     noop: Task[..., Any]
+    noop_sync: Task[..., Any]
     record: Task[..., Any]
     ping: Task[..., Any]
 
@@ -59,6 +64,7 @@ def register(target: Delayq) -> BenchTasks:
     # retries=0: a failing benchmark job should show up as a dead letter, not run again.
     return BenchTasks(
         noop=target.task(name="bench.noop", retries=0)(noop),
+        noop_sync=target.task(name="bench.noop_sync", retries=0)(noop_sync),
         record=target.task(name="bench.record", retries=0)(record),
         ping=target.task(name="bench.ping", retries=0)(ping),
     )
