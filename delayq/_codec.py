@@ -256,9 +256,17 @@ def _check_encodable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                     stack.append((child, level + 1))
 
 
+# Decoded values that hold nothing to check: most calls' arguments are all of these.
+_PLAIN_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _check_values(what: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     """Refuse nesting deeper than a producer may write, and msgpack's own timestamp type,
     which delayq never writes (the only extension types it decodes are its own)."""
+    if all(type(v) in _PLAIN_TYPES for v in args) and all(
+        type(v) in _PLAIN_TYPES for v in kwargs.values()
+    ):
+        return  # a job's decoding is on every run's path: skip the walk when nothing nests
     stack: list[tuple[object, int]] = [(args, 1), (kwargs, 1)]
     while stack:
         item, level = stack.pop()
