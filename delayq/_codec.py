@@ -10,6 +10,7 @@ import datetime as dt
 import decimal
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -232,10 +233,17 @@ def _kind(value: object) -> str:
     return _KINDS.get(type(value), type(value).__name__)
 
 
+# Values that hold nothing to check (no nesting, no map keys): most calls' arguments are all of
+# these, and the checks run on every schedule() and every job.
+_PLAIN_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _check_encodable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     for name in kwargs:
         if not isinstance(name, str):
             raise PayloadError(f"keyword argument names must be strings, got {name!r}")
+    if _all_plain(args, kwargs):
+        return
     named = [(f"argument at position {i}", v) for i, v in enumerate(args)]
     named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in named:
@@ -256,16 +264,16 @@ def _check_encodable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                     stack.append((child, level + 1))
 
 
-# Decoded values that hold nothing to check: most calls' arguments are all of these.
-_PLAIN_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+def _all_plain(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    return all(type(v) in _PLAIN_TYPES for v in args) and all(
+        type(v) in _PLAIN_TYPES for v in kwargs.values()
+    )
 
 
 def _check_values(what: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     """Refuse nesting deeper than a producer may write, and msgpack's own timestamp type,
     which delayq never writes (the only extension types it decodes are its own)."""
-    if all(type(v) in _PLAIN_TYPES for v in args) and all(
-        type(v) in _PLAIN_TYPES for v in kwargs.values()
-    ):
+    if _all_plain(args, kwargs):
         return  # a job's decoding is on every run's path: skip the walk when nothing nests
     stack: list[tuple[object, int]] = [(args, 1), (kwargs, 1)]
     while stack:
