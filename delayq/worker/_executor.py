@@ -38,6 +38,9 @@ QUEUE_RETRY_S = 1.0
 # read-ahead, so that other workers can take what this one could not start.
 READ_AHEAD_MAX_JOB_S = 0.05
 JOB_TIME_WEIGHT = 0.2  # of the newest job in the moving average of job durations
+# Read-ahead deliveries go back to the stream, for other workers, when no slot came free for
+# this long: short jobs on average, but slow ones in every slot now.
+READ_AHEAD_HOLD_S = 1.0
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Executor:
         # Read ahead, not started yet: this worker's (heart-beaten, handed back on stopping).
         self.buffered: collections.deque[Delivery] = collections.deque()
         self.job_seconds = math.inf  # moving average of job durations; none measured yet
+        self.slot_freed_at = time.monotonic()
         self.slot_freed = asyncio.Event()
         self.to_ack: list[Delivery] = []
         # Running jobs whose outcome is recorded or being recorded: the server may drop their
@@ -105,7 +109,9 @@ class Executor:
             wanted = self._wanted()
             if wanted <= 0:
                 self.slot_freed.clear()
-                await wait_any([self.slot_freed, self.stopping], 1.0)
+                await wait_any([self.slot_freed, self.stopping], READ_AHEAD_HOLD_S / 2)
+                if self.buffered and time.monotonic() - self.slot_freed_at > READ_AHEAD_HOLD_S:
+                    self._hand_back_buffered()
                 continue
             deliveries = await self.engine.run(self.engine.read(wanted, block_ms=500))
             self.buffered.extend(deliveries)
@@ -114,6 +120,14 @@ class Executor:
     def _start_buffered(self) -> None:
         while self.buffered and (self.free_slots > 0 or self.stopping.is_set()):
             self.admit([self.buffered.popleft()])
+
+    def _hand_back_buffered(self) -> None:
+        log.info("handing back %d read-ahead job(s): every slot is busy with a slow job",
+                 len(self.buffered))  # fmt: skip
+        self.job_seconds = max(self.job_seconds, READ_AHEAD_HOLD_S)  # no read-ahead for now
+        while self.buffered:
+            d = self.buffered.popleft()
+            self.admit_outcome(d, self._hand_back(d))
 
     async def reclaim(self) -> None:
         """Take over jobs of workers that stopped heart-beating."""
@@ -147,24 +161,28 @@ class Executor:
         """Run what becomes of a delivery as a tracked job that holds a slot until done."""
         job = asyncio.create_task(outcome)
         self.running[d.entry_id] = Running(d, job)
-        job.add_done_callback(functools.partial(self._finished, d.entry_id, time.monotonic()))
+        job.add_done_callback(functools.partial(self._finished, d.entry_id))
 
-    def _finished(self, entry_id: str, started: float, _job: asyncio.Task[None]) -> None:
-        took = time.monotonic() - started
-        if math.isinf(self.job_seconds):
-            self.job_seconds = took
-        else:
-            self.job_seconds += JOB_TIME_WEIGHT * (took - self.job_seconds)
+    def _finished(self, entry_id: str, _job: asyncio.Task[None]) -> None:
         self.running.pop(entry_id, None)
         self.settled.discard(entry_id)
+        self.slot_freed_at = time.monotonic()
         self._start_buffered()
         self.slot_freed.set()
 
     # -- one job ------------------------------------------------------------------------------
 
+    def _took(self, seconds: float) -> None:
+        if math.isinf(self.job_seconds):
+            self.job_seconds = seconds
+        else:
+            self.job_seconds += JOB_TIME_WEIGHT * (seconds - self.job_seconds)
+
     async def _run_one(self, d: Delivery) -> None:
+        started = time.monotonic()
         try:
             await self.process(d)
+            self._took(time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
