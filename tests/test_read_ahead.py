@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
+from typing import Any
 
 import redis
 
-from delayq import Delayq
+from delayq import Delayq, Task, Timer
 from delayq._keys import GROUP
 from delayq.worker import WorkerSettings
 from tests.conftest import WorkerThread, wait_until
@@ -22,6 +23,22 @@ def pending_of(rclient: redis.Redis, app: Delayq) -> dict[str, int]:
     """Deliveries held by each consumer (XPENDING's summary)."""
     summary = rclient.xpending(app.keys.ready, GROUP)
     return {c["name"].decode(): int(c["pending"]) for c in summary["consumers"] or []}
+
+
+def buffer_behind(
+    app: Delayq, rclient: redis.Redis, worker: WorkerThread, quick: Task[..., Any],
+    busy: Task[..., Any], ran: Sized,
+) -> Timer:  # fmt: skip
+    """Warm ``worker`` (one slot) up with short jobs so that it reads ahead, occupy its slot
+    with ``busy``, then schedule a ``quick`` job "after": it waits in the read-ahead buffer."""
+    for i in range(3):
+        quick.delay(f"warm-{i}")
+    wait_until(lambda: len(ran) == 3)
+    busy.delay()
+    wait_until(lambda: sum(pending_of(rclient, app).values()) == 1)
+    after = quick.delay("after")
+    wait_until(lambda: pending_of(rclient, app).get(worker.worker.name) == 2)
+    return after
 
 
 def test_read_ahead_is_heart_beaten_then_handed_back_on_stop(
@@ -43,14 +60,7 @@ def test_read_ahead_is_heart_beaten_then_handed_back_on_stop(
     settings = WorkerSettings(concurrency=1, heartbeat_interval=0.1, sweep_interval=1.0,
                               shutdown_timeout=0.5)  # fmt: skip
     first = start_worker(app, settings)
-    for i in range(3):  # short jobs: the worker then reads ahead
-        quick.delay(f"warm-{i}")
-    wait_until(lambda: len(ran) == 3)
-    hold.delay()
-    wait_until(lambda: sum(pending_of(rclient, app).values()) == 1)
-    after = quick.delay("after")
-    # Its one slot is busy: "after" waits in the read-ahead buffer, delivered to this worker.
-    wait_until(lambda: pending_of(rclient, app).get(first.worker.name) == 2)
+    after = buffer_behind(app, rclient, first, quick, hold, ran)
     time.sleep(0.5)
     entries = rclient.xpending_range(app.keys.ready, GROUP, "-", "+", 10)
     idle = {e["message_id"]: e["time_since_delivered"] for e in entries}
@@ -120,13 +130,7 @@ def test_read_ahead_goes_back_to_the_stream_when_every_slot_is_busy_with_a_slow_
 
     settings = WorkerSettings(concurrency=1, sweep_interval=1.0, shutdown_timeout=5.0)
     first = start_worker(app, settings)
-    for i in range(3):  # short jobs: the worker then reads ahead
-        quick.delay(f"warm-{i}")
-    wait_until(lambda: len(ran) == 3)
-    slow.delay()
-    wait_until(lambda: sum(pending_of(rclient, app).values()) == 1)
-    quick.delay("after")
-    wait_until(lambda: pending_of(rclient, app).get(first.worker.name) == 2)
+    buffer_behind(app, rclient, first, quick, slow, ran)
     other = start_worker(app, settings)
     # The slow job holds the only slot: "after" goes back and runs on the other worker.
     wait_until(lambda: "after" in ran, timeout=10)
