@@ -141,10 +141,7 @@ class StoreCalls:
         return mapped(self._arm([req], refused=f"timer {req.timer_id!r} was"), _only)
 
     def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> Flow[list[Armed]]:
-        """``chunk`` timers per round trip, in script calls of up to SCRIPT_BATCH, in order."""
-        calls, per_trip = _grouped(reqs, chunk, self._arm)
-        groups = yield Batch(calls, per_trip, refused="a batch of")
-        return [armed for group in groups for armed in group]
+        return _batched(reqs, chunk, self._arm)
 
     def _arm(
         self, reqs: Sequence[ScheduleRequest], refused: str | None = None
@@ -163,10 +160,7 @@ class StoreCalls:
         return mapped(self._touch([req], refused=f"touch of timer {req.timer_id!r} was"), _only)
 
     def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> Flow[list[Touched]]:
-        """``chunk`` touches per round trip, in script calls of up to SCRIPT_BATCH, in order."""
-        calls, per_trip = _grouped(reqs, chunk, self._touch)
-        groups = yield Batch(calls, per_trip, refused="a batch of")
-        return [touched for group in groups for touched in group]
+        return _batched(reqs, chunk, self._touch)
 
     def _touch(
         self, reqs: Sequence[TouchRequest], refused: str | None = None
@@ -322,14 +316,15 @@ R = TypeVar("R")
 A = TypeVar("A")
 
 
-def _grouped(
-    reqs: list[R], chunk: int, build: Callable[[Sequence[R]], Call[A]]
-) -> tuple[list[Call[A]], int]:
-    """The script calls for ``reqs``, and how many of them to send per round trip so that one
-    trip carries about ``chunk`` requests."""
+def _batched(
+    reqs: list[R], chunk: int, build: Callable[[Sequence[R]], Call[list[A]]]
+) -> Flow[list[A]]:
+    """``reqs`` in order, in script calls of up to SCRIPT_BATCH built by ``build``, sent so
+    that one round trip carries about ``chunk`` of them; their replies, one per request."""
     size = max(1, min(chunk, SCRIPT_BATCH))
     calls = [build(reqs[i : i + size]) for i in range(0, len(reqs), size)]
-    return calls, max(1, chunk // size)
+    groups = yield Batch(calls, max(1, chunk // size), refused="a batch of")
+    return [reply for group in groups for reply in group]
 
 
 def _only(replies: list[A]) -> A:
