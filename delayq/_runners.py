@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 import redis
@@ -86,15 +86,16 @@ def _chunks(batch: Batch[T]) -> list[Sequence[Call[T]]]:
 
 
 class _Driven(Generic[T]):
-    """A flow being driven: the next step it asks for, fed the last reply or failure."""
+    """A flow (or any generator of steps) being driven: the next step it asks for, fed the
+    last reply or failure."""
 
-    def __init__(self, flow: Flow[T]) -> None:
+    def __init__(self, flow: Generator[Any, Any, T]) -> None:
         self.flow = flow
         self.reply: Any = None
         self.failure: Exception | None = None
         self.result: T
 
-    def next_step(self) -> Step | None:
+    def next_step(self) -> Any:
         """The next step to send, or None once the flow returned (its value in ``result``)."""
         failure, self.failure = self.failure, None
         try:

@@ -17,6 +17,7 @@ from redis.connection import parse_url
 from redis.exceptions import RedisError
 
 from delayq._app import Delayq
+from delayq._cluster_server import LocalCluster
 from delayq._connection import redact_url, tls_failure
 from delayq._defaults import set_default_app
 from delayq._errors import DelayqError, TimerPaused
@@ -143,23 +144,52 @@ def worker(
 
 @cli.command()
 def server(
-    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 6379,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (a cluster's first node)")] = 6379,
     data_dir: Annotated[Path, typer.Option("--dir", help="data directory (AOF)")] = Path(
         ".delayq-data"
     ),
+    cluster: Annotated[
+        int, typer.Option("--cluster", min=0, help="run a cluster of this many primaries")
+    ] = 0,
+    replicas: Annotated[
+        int | None, typer.Option(min=0, help="replicas per primary, with --cluster [default: 1]")
+    ] = None,
 ) -> None:
     """Run the bundled Valkey server with notifications and AOF on, until Ctrl-C."""
-    embedded = EmbeddedServer(port=port, data_dir=data_dir)
+    if replicas is not None and not cluster:
+        raise typer.BadParameter("--replicas needs --cluster", param_hint="--replicas")
     done = threading.Event()
     # Handlers go in before the server answers, so a Ctrl-C as soon as it is up stops it cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    if cluster:
+        _serve_cluster(cluster, 1 if replicas is None else replicas, port, data_dir, done)
+        return
+    embedded = EmbeddedServer(port=port, data_dir=data_dir)
     try:
         embedded.start()
         typer.echo(f"valkey listening on {embedded.url} (data in {data_dir}); Ctrl-C to stop")
         done.wait()
     finally:
         embedded.stop()
+
+
+def _serve_cluster(
+    primaries: int, replicas: int, port: int, data_dir: Path, done: threading.Event
+) -> None:
+    # One directory per first port: two clusters on other ports never share node state.
+    where = data_dir / f"cluster-{port}"
+    local = LocalCluster(primaries, replicas, data_dir=where, base_port=port)
+    try:
+        local.start()
+        for node in local.nodes:
+            typer.echo(f"node {node.url} {node.role} (pid {node.pid})")
+        typer.echo(f"cluster of {primaries} primaries and {primaries * replicas} replicas ready "
+                   f"(data in {where}); connect a cluster client to {local.url} (any node "
+                   "works); Ctrl-C to stop")  # fmt: skip
+        done.wait()
+    finally:
+        local.stop()
 
 
 @dead_cli.command("list")

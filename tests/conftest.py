@@ -22,6 +22,8 @@ import redis
 
 from delayq import Delayq, EmbeddedServer, Worker, WorkerSettings
 
+pytest_plugins = ["tests.cluster_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

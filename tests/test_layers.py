@@ -15,7 +15,8 @@ from delayq._debounce import Debounced
 from delayq._scripts import NAMES, SCRIPTS, prelude
 
 PACKAGE = Path(delayq.__file__).parent
-RUNNERS = "_runners.py"
+# The runners: a single server's, and a cluster's (one single-server runner per node).
+RUNNERS = {"_runners.py", "_cluster.py"}
 # It hands redis clients to users' job handlers (their own commands, not delayq's): it may build
 # clients, and sends its own commands through a runner like everyone else.
 CLIENT_FOR_USERS = "testing.py"
@@ -28,7 +29,7 @@ CLIENT_ATTRIBUTES = {"execute_command", "pipeline", "pubsub", "register_script",
 
 
 def _modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != RUNNERS)
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name not in RUNNERS)
 
 
 def _client_uses(path: Path) -> list[str]:

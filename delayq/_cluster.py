@@ -1,0 +1,232 @@
+"""Runners for a Redis/Valkey Cluster: the same ``run`` as the single-server runners, with each
+call sent to the primary serving its key's slot.
+
+Each node gets a runner of its own (its own pool), built from the user's URL pointed at the
+node, so TLS and credentials carry over. The routing and the handling of redirects and
+failovers are built once in ``_topology.routed``; these classes only do the I/O. Scripts are
+loaded on every node, replicas included: a promoted replica would answer NOSCRIPT otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from redis.exceptions import ConnectionError as ConnectionLost
+from redis.exceptions import TimeoutError as ReplyTimeout
+
+from delayq._calls import Call
+from delayq._runners import AsyncRunner, Subscription, SyncRunner, _Driven, _raised
+from delayq._topology import (
+    _REROUTED,
+    FAILOVER_WAIT_S,
+    RETRY_PAUSE_S,
+    Address,
+    Refresh,
+    Send,
+    Topology,
+    Unreachable,
+    check_cluster_url,
+    cluster_enabled,
+    cluster_slots,
+    node_url,
+    routed,
+)
+
+# Rounds of ``routed`` before an error reaches the caller: enough to wait out a failover.
+ATTEMPTS = int(FAILOVER_WAIT_S / RETRY_PAUSE_S)
+_LOST = (ConnectionLost, ReplyTimeout, OSError, *_REROUTED)
+
+
+R = TypeVar("R", SyncRunner, AsyncRunner)
+
+
+class _Nodes(Generic[R]):
+    """The cluster as last read, and one runner per node, made on first use by ``make`` (the
+    node's URL in, its runner out); the same bookkeeping for both sides."""
+
+    def __init__(self, url: str, topology: Topology, make: Callable[[str], R]) -> None:
+        self.url = url
+        self.topology = topology
+        self.make: Callable[[str], R] = make
+        self.runners: dict[Address, R] = {}
+
+    def node(self, address: Address) -> R:
+        runner = self.runners.get(address)
+        if runner is None:
+            runner = self.runners[address] = self.make(node_url(self.url, address))
+        return runner
+
+    def every_node(self) -> list[R]:
+        """Primaries and replicas: settings and scripts must be on a replica before it is
+        promoted."""
+        return [self.node(a) for a in self.topology.nodes]
+
+    def seeds(self) -> list[Address]:
+        """Nodes to read the topology from: the known ones, primaries first."""
+        return [*self.topology.primaries, *self.topology.nodes]
+
+
+class SyncClusterRunner(SyncRunner):
+    def __init__(self, url: str, options: dict[str, Any], topology: Topology) -> None:
+        self._nodes = _Nodes(url, topology, lambda u: SyncRunner.from_url(u, options))
+        super().__init__(self._nodes.node(topology.primaries[0]).client)
+
+    @property
+    def topology(self) -> Topology:
+        return self._nodes.topology
+
+    @property
+    def db(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        runners, self._nodes.runners = self._nodes.runners, {}
+        for runner in runners.values():
+            runner.close()
+
+    def refresh(self) -> Topology:
+        failure: BaseException | None = None
+        for address in self._nodes.seeds():
+            try:
+                self._nodes.topology = self._nodes.node(address).run(cluster_slots())
+                return self._nodes.topology
+            except _LOST as exc:
+                failure = exc
+        raise failure or ConnectionLost("no node of the cluster answered")
+
+    def _one(self, call: Call[Any]) -> Any:
+        return _raised(self._send([call], False)[0])
+
+    def _load(self, names: set[str]) -> None:
+        for runner in self._nodes.every_node():
+            try:
+                runner._load(names)
+            except _LOST:  # a node down now loads them when asked again (NOSCRIPT)
+                continue
+
+    def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
+        if not calls:
+            return []
+        flow = _Driven(routed(self.topology, calls, transaction, attempts=ATTEMPTS))
+        while (step := flow.next_step()) is not None:
+            if isinstance(step, Refresh):
+                time.sleep(step.pause)
+                flow.reply = self._refreshed()
+                continue
+            try:
+                flow.reply = self._sent(step)
+            except _LOST as exc:
+                flow.failure = Unreachable(exc)
+        return flow.result
+
+    def _refreshed(self) -> Topology:
+        try:
+            return self.refresh()
+        except _LOST:
+            return self.topology
+
+    def _sent(self, step: Send) -> list[Any]:
+        runner = self._nodes.node(step.node)
+        if not step.asking:
+            return runner._send(step.calls, step.transaction)
+        return runner._send([_ASKING, *step.calls], step.transaction)[1:]
+
+
+class AsyncClusterRunner(AsyncRunner):
+    def __init__(self, url: str, options: dict[str, Any], topology: Topology, *,
+                 retry: bool = True) -> None:  # fmt: skip
+        self._nodes = _Nodes(url, topology,
+                             lambda u: AsyncRunner.from_url(u, options, retry=retry))  # fmt: skip
+        super().__init__(self._nodes.node(topology.primaries[0]).client)
+
+    @property
+    def topology(self) -> Topology:
+        return self._nodes.topology
+
+    @property
+    def db(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        runners, self._nodes.runners = self._nodes.runners, {}
+        for runner in runners.values():
+            await runner.close()
+
+    async def refresh(self) -> Topology:
+        failure: BaseException | None = None
+        for address in self._nodes.seeds():
+            try:
+                self._nodes.topology = await self._nodes.node(address).run(cluster_slots())
+                return self._nodes.topology
+            except _LOST as exc:
+                failure = exc
+        raise failure or ConnectionLost("no node of the cluster answered")
+
+    def subscription_on(self, address: Address) -> Subscription:
+        return self._nodes.node(address).subscription()
+
+    async def _load(self, names: set[str]) -> None:
+        for runner in self._nodes.every_node():
+            try:
+                await runner._load(names)
+            except _LOST:
+                continue
+
+    async def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
+        if not calls:
+            return []
+        flow = _Driven(routed(self.topology, calls, transaction, attempts=ATTEMPTS))
+        while (step := flow.next_step()) is not None:
+            if isinstance(step, Refresh):
+                await asyncio.sleep(step.pause)
+                flow.reply = await self._refreshed()
+                continue
+            try:
+                flow.reply = await self._sent(step)
+            except _LOST as exc:
+                flow.failure = Unreachable(exc)
+        return flow.result
+
+    async def _refreshed(self) -> Topology:
+        try:
+            return await self.refresh()
+        except _LOST:
+            return self.topology
+
+    async def _sent(self, step: Send) -> list[Any]:
+        runner = self._nodes.node(step.node)
+        if not step.asking:
+            return await runner._send(step.calls, step.transaction)
+        return (await runner._send([_ASKING, *step.calls], step.transaction))[1:]
+
+
+_ASKING: Call[Any] = Call(("ASKING",), raw=True)
+
+
+def sync_runner(url: str, options: dict[str, Any]) -> SyncRunner:
+    """A runner for the server at ``url``: a cluster runner if it runs in cluster mode."""
+    plain = SyncRunner.from_url(url, options)
+    if not plain.run(cluster_enabled()):
+        return plain
+    try:
+        check_cluster_url(url)
+        topology = plain.run(cluster_slots())
+    finally:
+        plain.close()
+    return SyncClusterRunner(url, options, topology)
+
+
+async def async_runner(url: str, options: dict[str, Any], *, retry: bool = True) -> AsyncRunner:
+    """``sync_runner`` for asyncio."""
+    plain = AsyncRunner.from_url(url, options, retry=retry)
+    if not await plain.run(cluster_enabled()):
+        return plain
+    try:
+        check_cluster_url(url)
+        topology = await plain.run(cluster_slots())
+    finally:
+        await plain.close()
+    return AsyncClusterRunner(url, options, topology, retry=retry)
