@@ -18,10 +18,10 @@ from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Call
-from delayq._runners import AsyncRunner, Subscription, SyncRunner, _Driven, _raised
+from delayq._runners import AsyncRunner, SyncRunner, _Driven, _raised
 from delayq._topology import (
-    _REROUTED,
     FAILOVER_WAIT_S,
+    REROUTED,
     RETRY_PAUSE_S,
     Address,
     Refresh,
@@ -37,7 +37,7 @@ from delayq._topology import (
 
 # Rounds of ``routed`` before an error reaches the caller: enough to wait out a failover.
 ATTEMPTS = int(FAILOVER_WAIT_S / RETRY_PAUSE_S)
-_LOST = (ConnectionLost, ReplyTimeout, OSError, *_REROUTED)
+_LOST = (ConnectionLost, ReplyTimeout, OSError, *REROUTED)
 
 
 R = TypeVar("R", SyncRunner, AsyncRunner)
@@ -164,9 +164,6 @@ class AsyncClusterRunner(AsyncRunner):
             except _LOST as exc:
                 failure = exc
         raise failure or ConnectionLost("no node of the cluster answered")
-
-    def subscription_on(self, address: Address) -> Subscription:
-        return self._nodes.node(address).subscription()
 
     async def _load(self, names: set[str]) -> None:
         for runner in self._nodes.every_node():

@@ -28,8 +28,8 @@ from delayq._calls import command
 from delayq._errors import ConfigurationError
 from delayq._runners import SyncRunner
 from delayq._server import EmbeddedServer, free_port
+from delayq._topology import SLOTS
 
-SLOTS = 16384
 _POLL_S = 0.05
 _SOCKET_TIMEOUT_S = 1.0
 

@@ -55,10 +55,6 @@ class Topology:
             found.update(replicas)
         return sorted(found)
 
-    def slots_of(self, node: Address) -> int:
-        return sum(e - s + 1 for s, e, o in zip(self.starts, self.ends, self.owners, strict=True)
-                   if o == node)  # fmt: skip
-
 
 def slot_of(key: str | bytes) -> int:
     return key_slot(key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key)
@@ -187,7 +183,7 @@ ClusterStep = Send | Refresh
 # wait this long for its replica to take over before the error reaches the caller.
 FAILOVER_WAIT_S = 15.0
 RETRY_PAUSE_S = 0.1
-_REROUTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+REROUTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 
 
 class Unreachable(Exception):
@@ -219,7 +215,7 @@ def routed(
                 continue
             for i, reply in zip(indexes, got, strict=True):
                 replies[i] = reply
-        todo = [i for i in todo if i in failed or isinstance(replies[i], _REROUTED)]
+        todo = [i for i in todo if i in failed or isinstance(replies[i], REROUTED)]
         if not todo:
             return replies
         asks = {
