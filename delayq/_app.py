@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delayq._calls import Call, Flow, command
+from delayq._cluster import async_runner, sync_runner
 from delayq._connection import redact_url, tls_failure
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._declare import PERIODIC_RETRIES, TaskKwargs, declare
@@ -100,7 +101,9 @@ class Delayq(Producer):
         self.periodics: dict[str, Periodic[Any, Any]] = {}
         self._store: StoreCalls | None = None
         self._sync: SyncRunner | None = None
-        self._async: tuple[asyncio.AbstractEventLoop, AsyncRunner] | None = None
+        # The asyncio runner is made by a task (finding out whether the server is a cluster
+        # takes a round trip), shared by every caller that arrives while it connects.
+        self._async: tuple[asyncio.AbstractEventLoop, asyncio.Task[AsyncRunner]] | None = None
 
     def __repr__(self) -> str:
         return f"<Delayq namespace={self.namespace!r} url={redact_url(self.url)!r}>"
@@ -130,22 +133,31 @@ class Delayq(Producer):
 
     def _runner(self) -> SyncRunner:
         if self._sync is None:
-            self._sync = SyncRunner.from_url(self.url, self.redis_options)
+            self._sync = sync_runner(self.url, self.redis_options)
         return self._sync
 
-    def _arunner(self) -> AsyncRunner:
+    async def _arunner(self) -> AsyncRunner:
         # An asyncio connection belongs to the loop that opened it: a new loop (another
         # asyncio.run) gets a pool of its own. (``async with app`` closes each loop's pool.)
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            self._async = (loop, AsyncRunner.from_url(self.url, self.redis_options))
-        return self._async[1]
+            self._async = (loop, loop.create_task(async_runner(self.url, self.redis_options)))
+        connecting = self._async[1]
+        if connecting.done() and connecting.exception() is None:
+            return connecting.result()
+        try:
+            # Shielded: one caller cancelled must not cancel the connection the others await.
+            return await asyncio.shield(connecting)
+        except BaseException:
+            if connecting.done() and self._async is not None and self._async[1] is connecting:
+                self._async = None  # failed: the next call tries again
+            raise
 
     def _run(self, step: Call[T] | Flow[T]) -> T:
         return self._runner().run(step)
 
     async def _arun(self, step: Call[T] | Flow[T]) -> T:
-        return await self._arunner().run(step)
+        return await (await self._arunner()).run(step)
 
     def _task(self, name: str) -> Task[Any, Any] | None:
         return self.tasks.get(name)
@@ -180,11 +192,17 @@ class Delayq(Producer):
 
     async def aclose(self) -> None:
         """Close the asyncio connection pool (the next awaited call opens a new one)."""
-        if self._async is not None:
-            loop, runner = self._async
-            self._async = None
-            if loop is asyncio.get_running_loop():  # a pool of a closed loop cannot be closed
-                await runner.close()
+        if self._async is None:
+            return
+        loop, connecting = self._async
+        self._async = None
+        if loop is not asyncio.get_running_loop():  # a pool of a closed loop cannot be closed
+            return
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+        elif not connecting.cancelled() and connecting.exception() is None:
+            await connecting.result().close()
 
     def __enter__(self) -> Delayq:
         return self

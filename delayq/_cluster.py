@@ -10,6 +10,7 @@ loaded on every node, replicas included: a promoted replica would answer NOSCRIP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
@@ -164,6 +165,23 @@ class AsyncClusterRunner(AsyncRunner):
             except _LOST as exc:
                 failure = exc
         raise failure or ConnectionLost("no node of the cluster answered")
+
+    async def _one(self, call: Call[Any]) -> Any:
+        if call.script is None:  # by the routed path, not the one client of the base class
+            return _raised((await self._send([call], False))[0])
+        return await super()._one(call)  # script calls: coalesced, then routed by _send
+
+    def node_for(self, key: str) -> AsyncRunner:
+        return self._nodes.node(self.topology.node_of(key) or self.topology.primaries[0])
+
+    def every_node(self) -> list[AsyncRunner]:
+        return self._nodes.every_node()
+
+    async def follow(self) -> bool:
+        before = self.topology
+        with contextlib.suppress(*_LOST):
+            await self.refresh()
+        return self.topology != before
 
     async def _load(self, names: set[str]) -> None:
         for runner in self._nodes.every_node():

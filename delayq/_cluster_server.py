@@ -275,6 +275,39 @@ class LocalCluster:
         self._wait(pending, deadline, f"the failover of primary {primary_index} did not finish")
         return replica
 
+    def migrate(
+        self,
+        slot: int,
+        to_primary: int,
+        *,
+        batch: int = 100,
+        between: Callable[[], None] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Move ``slot`` to the ``to_primary``-th primary (in the order of first slots) as a
+        resharding tool does: IMPORTING/MIGRATING, MIGRATE of ``batch`` keys at a time (calling
+        ``between`` after each batch, while the slot is half moved), then SETSLOT NODE on every
+        primary. Returns once every node agrees on the new slot map."""
+        deadline = time.monotonic() + timeout
+        slots = self._any_slot_map()
+        primaries = _primaries(slots)
+        owner = next(r[2] for r in slots if r[0] <= slot <= r[1])
+        source, target = self._node_on(owner[0]), self._node_on(primaries[to_primary][0])
+        if source is target:
+            return
+        target.query("CLUSTER", "SETSLOT", slot, "IMPORTING", owner[1])
+        source.query("CLUSTER", "SETSLOT", slot, "MIGRATING", primaries[to_primary][1])
+        while keys := source.query("CLUSTER", "GETKEYSINSLOT", slot, batch):
+            source.query("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            if between is not None:
+                between()
+        for port, _ in primaries:
+            self._node_on(port).query("CLUSTER", "SETSLOT", slot, "NODE", primaries[to_primary][1])
+        self._wait(self._unsettled, deadline, f"the migration of slot {slot} did not settle")
+
+    def _node_on(self, port: int) -> ClusterNode:
+        return next(node for node in self._started() if node.port == port)
+
     # -- forming ----------------------------------------------------------------------------
 
     def _started(self) -> list[ClusterNode]:

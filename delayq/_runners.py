@@ -390,6 +390,20 @@ class AsyncRunner:
     def subscription(self) -> Subscription:
         return Subscription(self.client.pubsub())
 
+    # Where keys live: on one server, here. A cluster runner answers with a node's runner, for
+    # what is node-local there: subscriptions (keyspace events) and settings.
+
+    def node_for(self, key: str) -> AsyncRunner:
+        """The runner of the server holding ``key``."""
+        return self
+
+    def every_node(self) -> list[AsyncRunner]:
+        return [self]
+
+    async def follow(self) -> bool:
+        """Read again where keys live; whether that changed (never, on one server)."""
+        return False
+
 
 class Subscription:
     """One pub/sub connection (see ``unretried`` for one that must not reconnect silently)."""

@@ -77,15 +77,33 @@ async def ensure_notifications(
     io: AsyncRunner, keys: Keys, *, configure: bool, keyspace: bool = False
 ) -> str | None:
     """Make sure the needed keyspace notifications are published; enable them if allowed.
-    Returns the flags now set (None when CONFIG is not allowed and they were probed)."""
+    Returns the flags now set on the node holding the namespace (None when CONFIG is not
+    allowed and they were probed).
+
+    On a cluster every node is checked, replicas too: events are published by the node that
+    holds a key, and a replica promoted by a failover must publish them as well."""
     help_text = NEEDED_FLAGS_HELP + (
         "; on_expire watchers also need 'K', 'g' and '$' (for example 'KEg$x')" if keyspace else ""
     )
+    owner = io.node_for(keys.index)
+    found: str | None = None
+    for node in io.every_node():
+        flags = await _ensure_on(node, keys, help_text, configure=configure, keyspace=keyspace,
+                                 probe=node is owner)  # fmt: skip
+        if node is owner:
+            found = flags
+    return found
+
+
+async def _ensure_on(
+    node: AsyncRunner, keys: Keys, help_text: str, *, configure: bool, keyspace: bool, probe: bool
+) -> str | None:
     try:
-        config: dict[Any, Any] = await io.run(command("CONFIG GET", "notify-keyspace-events"))
+        config: dict[Any, Any] = await node.run(command("CONFIG GET", "notify-keyspace-events"))
     except ResponseError:
-        # CONFIG is disabled (managed services): find out by experiment instead.
-        if not await _probe_events(io, keys, keyspace=keyspace):
+        # CONFIG is disabled (managed services): find out by experiment instead, where the
+        # namespace's keys may be written (another node of a cluster cannot be checked).
+        if probe and not await _probe_events(node, keys, keyspace=keyspace):
             raise ConfigurationError(help_text) from None
         return None
     flags = _text(config.get(b"notify-keyspace-events", config.get("notify-keyspace-events", "")))
@@ -97,7 +115,7 @@ async def ensure_notifications(
     # K too: a worker then hears only the expiries of its own keys (see hint_source).
     wanted = flags + missing + ("" if "K" in flags + missing else "K")
     try:
-        await io.run(command("CONFIG SET", "notify-keyspace-events", wanted))
+        await node.run(command("CONFIG SET", "notify-keyspace-events", wanted))
     except ResponseError as exc:
         raise ConfigurationError(
             f"{help_text} (it is now {flags!r}; CONFIG SET failed: {exc})"

@@ -25,6 +25,8 @@ from delayq.worker._loops import wait_or_stop
 
 log = logging.getLogger("delayq.worker")
 YIELD_EVERY = 50
+# How often a listener checks that its node still holds the namespace (one CLUSTER SLOTS).
+LAYOUT_CHECK_S = 2.0
 
 
 class Listener:
@@ -56,7 +58,10 @@ class Listener:
     async def run(self) -> None:
         backoff = 0.05
         while not self.stopping.is_set():
-            pubsub = self.listen.subscription()
+            if self.connects:
+                await self.listen.follow()  # a lost node may have been replaced meanwhile
+            # Keyspace events are published by the node holding the keys (on a cluster).
+            pubsub = self.listen.node_for(self.keys.index).subscription()
             try:
                 channels = [self.wake_channel, *filter(None, [self.expired_channel])]
                 await pubsub.subscribe(*channels)
@@ -109,8 +114,16 @@ class Listener:
             self.on_expired(timer_id)
 
     async def _receive(self, pubsub: Subscription) -> None:
+        """Until stopped, or the namespace moved to another node (failover, migration)."""
         handled = 0
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + LAYOUT_CHECK_S
         while not self.stopping.is_set():
+            if loop.time() >= next_check:
+                if await self.listen.follow():
+                    log.info("the cluster layout changed: subscribing again")
+                    return
+                next_check = loop.time() + LAYOUT_CHECK_S
             message = await pubsub.message(timeout=1.0)
             handled += 1
             if handled % YIELD_EVERY == 0:

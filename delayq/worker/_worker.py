@@ -20,8 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from delayq._app import Delayq
+from delayq._cluster import AsyncClusterRunner, async_runner
 from delayq._connection import redact_url
 from delayq._defaults import find_task
+from delayq._errors import ConfigurationError
 from delayq._runners import AsyncRunner
 from delayq._task import Task
 from delayq.worker._checks import ensure_notifications, hint_source, warn_on_eviction
@@ -104,14 +106,19 @@ class Worker:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
-        io = AsyncRunner.from_url(self.app.url, self.app.redis_options)
-        # The listener's connection must not reconnect silently: a reconnect means a sweep.
-        listen = AsyncRunner.from_url(self.app.url, self.app.redis_options, retry=False)
         try:
-            await self._serve(io, listen, stopping)
+            io = await async_runner(self.app.url, self.app.redis_options)
+            try:
+                # The listener's connection must not reconnect silently: a reconnect means a
+                # sweep.
+                listen = await async_runner(self.app.url, self.app.redis_options, retry=False)
+                try:
+                    await self._serve(io, listen, stopping)
+                finally:
+                    await listen.close()
+            finally:
+                await io.close()
         finally:
-            await listen.close()
-            await io.close()
             self.stopped.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -120,6 +127,11 @@ class Worker:
 
     async def _serve(self, io: AsyncRunner, listen: AsyncRunner, stopping: asyncio.Event) -> None:
         settings, app = self.settings, self.app
+        if app.watchers and isinstance(io, AsyncClusterRunner):
+            raise ConfigurationError(
+                "on_expire watchers do not run on a Redis Cluster yet: watched keys live on "
+                f"every node ({', '.join(sorted(app.watchers))}); use one server for them"
+            )
         engine = Engine(io, app.keys, self.name)
         flags = await ensure_notifications(
             io, app.keys, configure=settings.configure_server, keyspace=bool(app.watchers)
