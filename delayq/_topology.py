@@ -83,7 +83,8 @@ def cluster_slots() -> Call[Topology]:
 def cluster_enabled() -> Call[bool]:
     """Whether the server runs in cluster mode: HELLO's ``mode`` (HELLO is allowed to every
     user, INFO and CLUSTER INFO may not be)."""
-    return command("HELLO", "2", decode=_is_cluster, raw=True)
+    # No protocol version: the reply comes in the protocol the connection already speaks.
+    return command("HELLO", decode=_is_cluster, raw=True)
 
 
 def _is_cluster(reply: Any) -> bool:
