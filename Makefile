@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load clean
+.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-debounce: $(STAMP)
 # The asyncio producer, bursts and sustained load with one Redis write per job.
 bench-load: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
+
+# A local 3-primary cluster next to one server: throughput, balance, lateness.
+bench-cluster: $(STAMP)
+	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -48,7 +48,7 @@ async def record(due_ms: int) -> None:
 
 async def ping() -> None:
     """Tells the benchmark the worker is up and runs jobs end to end."""
-    await _reporter.redis().rpush(ping_key(app.namespace), "1")
+    await _reporter.rpush(ping_key(app.namespace), "1")
 
 
 @dataclass(frozen=True, slots=True)

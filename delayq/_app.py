@@ -18,10 +18,11 @@ from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._declare import PERIODIC_RETRIES, TaskKwargs, declare
 from delayq._errors import ConfigurationError
 from delayq._keys import Keys
+from delayq._layout import check_shards
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._producer import Producer
 from delayq._runners import AsyncRunner, SyncRunner
-from delayq._store import StoreCalls
+from delayq._sharded import ShardedStore
 from delayq._task import Task
 from delayq._watch import Watcher, WatchSpec
 from delayq._when import Delay
@@ -76,11 +77,16 @@ class Delayq(Producer):
         dead_letter_maxlen: int = 100_000,
         dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
         redis_options: dict[str, Any] | None = None,
+        shards: int | None = None,
     ) -> None:
+        """``shards``: how many hash slots a new namespace is spread over (default: 1 on one
+        server, 16 on a cluster); an existing namespace keeps the count it was created with,
+        and asking for another is an error."""
         self.url = url or os.environ.get("DELAYQ_URL") or DEFAULT_URL
         if namespace is None:
             namespace = os.environ.get("DELAYQ_NAMESPACE") or "default"
         self.keys = Keys(namespace)
+        self.shards = None if shards is None else check_shards(shards)
         if isinstance(max_payload_bytes, bool) or max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be a positive integer")
         self.max_payload_bytes = max_payload_bytes
@@ -99,7 +105,7 @@ class Delayq(Producer):
         self.tasks = TaskRegistry()
         self.watchers: dict[str, Watcher[Any, Any]] = {}
         self.periodics: dict[str, Periodic[Any, Any]] = {}
-        self._store: StoreCalls | None = None
+        self._store: ShardedStore | None = None
         self._sync: SyncRunner | None = None
         # The asyncio runner is made by a task (finding out whether the server is a cluster
         # takes a round trip), shared by every caller that arrives while it connects.
@@ -125,10 +131,11 @@ class Delayq(Producer):
     # -- connection ---------------------------------------------------------------------------
 
     @property
-    def store(self) -> StoreCalls:
+    def store(self) -> ShardedStore:
         """The calls this app sends (built without I/O; the runners send them)."""
         if self._store is None:
-            self._store = StoreCalls(self.keys, max_payload_bytes=self.max_payload_bytes)
+            self._store = ShardedStore(self.namespace, shards=self.shards,
+                                       max_payload_bytes=self.max_payload_bytes)  # fmt: skip
         return self._store
 
     def _runner(self) -> SyncRunner:

@@ -38,6 +38,7 @@ from delayq._topology import (
 
 # Rounds of ``routed`` before an error reaches the caller: enough to wait out a failover.
 ATTEMPTS = int(FAILOVER_WAIT_S / RETRY_PAUSE_S)
+FOLLOW_EVERY_S = 1.0
 _LOST = (ConnectionLost, ReplyTimeout, OSError, *REROUTED)
 
 
@@ -142,6 +143,7 @@ class AsyncClusterRunner(AsyncRunner):
         self._nodes = _Nodes(url, topology,
                              lambda u: AsyncRunner.from_url(u, options, retry=retry))  # fmt: skip
         super().__init__(self._nodes.node(topology.primaries[0]).client)
+        self._followed_at = -FOLLOW_EVERY_S
 
     @property
     def topology(self) -> Topology:
@@ -177,11 +179,13 @@ class AsyncClusterRunner(AsyncRunner):
     def every_node(self) -> list[AsyncRunner]:
         return self._nodes.every_node()
 
-    async def follow(self) -> bool:
-        before = self.topology
-        with contextlib.suppress(*_LOST):
-            await self.refresh()
-        return self.topology != before
+    async def follow(self) -> None:
+        # Many listeners ask: one read of the layout a second serves them all.
+        now = time.monotonic()
+        if now - self._followed_at >= FOLLOW_EVERY_S:
+            self._followed_at = now
+            with contextlib.suppress(*_LOST):
+                await self.refresh()
 
     async def _load(self, names: set[str]) -> None:
         for runner in self._nodes.every_node():

@@ -1,7 +1,9 @@
-"""Every Redis key and channel name delayq uses is built here, and nowhere else.
+"""Every Redis key and channel name delayq uses is built here (and in ``_layout``, which
+names the shards), and nowhere else.
 
-All keys of one namespace share the hash tag ``{namespace}``, so every script touches a single
-cluster slot: a timer's shadow key, data key, the due index and the ready stream live together.
+All keys of one shard share a hash tag (``{namespace}`` for a namespace of one shard), so
+every script touches a single cluster slot: a timer's shadow key, data key, the due index and
+the ready stream live together.
 """
 
 from __future__ import annotations
@@ -83,9 +85,12 @@ def matches_own_keys(pattern: str) -> bool:
 class Keys:
     """Names of one namespace's keys; pure string building, no I/O."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, *, tag: str | None = None) -> None:
+        """``tag``: the hash tag of one shard of the namespace (see ``_layout``); the
+        namespace itself for a namespace of one shard."""
         self.namespace = check_namespace(namespace)
-        prefix = f"{KEY_ROOT}{namespace}}}:"
+        self.tag = tag or namespace
+        prefix = f"{KEY_ROOT}{self.tag}}}:"
         self.prefix = prefix
         self.index = prefix + "due"  # sorted set: timer id -> due time (ms, server clock)
         self.ready = prefix + "ready"  # stream of fired jobs, read by the consumer group

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from delayq._calls import Call, Flow, server_time
 from delayq._debounce import Debounced
 from delayq._keys import check_timer_id
+from delayq._sharded import ShardedStore
 from delayq._store import (
     Armed,
     DeadLetter,
     ScheduleRequest,
-    StoreCalls,
     Touched,
     TouchRequest,
     try_decode,
@@ -35,7 +35,7 @@ class Producer:
 
     @property
     @abstractmethod
-    def store(self) -> StoreCalls: ...
+    def store(self) -> ShardedStore: ...
 
     @abstractmethod
     def _run(self, step: Call[T] | Flow[T]) -> T: ...
@@ -56,7 +56,7 @@ class Producer:
         return await self._arun(self._arm(request))
 
     def _arm(self, request: ScheduleRequest) -> Flow[Timer]:
-        armed = yield self.store.schedule(request)
+        armed = yield from self.store.schedule(request)
         return (yield from self._armed_timer(armed))
 
     def _armed_timer(self, armed: Armed) -> Flow[Timer]:
@@ -96,7 +96,7 @@ class Producer:
         return await self._arun(self._touch(request))
 
     def _touch(self, request: TouchRequest) -> Flow[Timer]:
-        return self._touched(request, (yield self.store.touch(request)))
+        return self._touched(request, (yield from self.store.touch(request)))
 
     def touch_many(self, requests: Iterable[TouchRequest], *, chunk: int = 1000) -> list[Timer]:
         """Apply many touches, one round trip per ``chunk``, in order."""

@@ -400,9 +400,8 @@ class AsyncRunner:
     def every_node(self) -> list[AsyncRunner]:
         return [self]
 
-    async def follow(self) -> bool:
-        """Read again where keys live; whether that changed (never, on one server)."""
-        return False
+    async def follow(self) -> None:
+        """Read again where keys live (nothing to read on one server)."""
 
 
 class Subscription:

@@ -101,6 +101,14 @@ class DeadLetter:
     traceback: str
     raw_payload: bytes
     raw_items: bytes = b""  # debounced payload="all": the touches
+    shard: int = 0  # the shard whose dead-letter stream holds it (see _layout)
+    shards: int = 1  # the namespace's shard count
+
+    @property
+    def ref(self) -> str:
+        """What names it to ``purge_dead`` and the CLI: the entry id, with ``@<shard>`` in a
+        namespace of several shards (entry ids are unique within one shard only)."""
+        return self.entry_id if self.shards == 1 else f"{self.entry_id}@{self.shard}"
 
     @property
     def failed_at(self) -> dt.datetime:
@@ -138,12 +146,12 @@ class StoreCalls:
     # -- arming -------------------------------------------------------------------------------
 
     def schedule(self, req: ScheduleRequest) -> Call[Armed]:
-        return mapped(self._arm([req], refused=f"timer {req.timer_id!r} was"), _only)
+        return mapped(self.arm_calls([req], refused=f"timer {req.timer_id!r} was"), _only)
 
     def schedule_many(self, reqs: list[ScheduleRequest], *, chunk: int = 1000) -> Flow[list[Armed]]:
-        return _batched(reqs, chunk, self._arm)
+        return _batched(reqs, chunk, self.arm_calls)
 
-    def _arm(
+    def arm_calls(
         self, reqs: Sequence[ScheduleRequest], refused: str | None = None
     ) -> Call[list[Armed]]:
         k = self.keys
@@ -157,12 +165,13 @@ class StoreCalls:
                       decode=lambda reply: _armed(reqs, reply))  # fmt: skip
 
     def touch(self, req: TouchRequest) -> Call[Touched]:
-        return mapped(self._touch([req], refused=f"touch of timer {req.timer_id!r} was"), _only)
+        refused = f"touch of timer {req.timer_id!r} was"
+        return mapped(self.touch_calls([req], refused=refused), _only)
 
     def touch_many(self, reqs: list[TouchRequest], *, chunk: int = 1000) -> Flow[list[Touched]]:
-        return _batched(reqs, chunk, self._touch)
+        return _batched(reqs, chunk, self.touch_calls)
 
-    def _touch(
+    def touch_calls(
         self, reqs: Sequence[TouchRequest], refused: str | None = None
     ) -> Call[list[Touched]]:
         k = self.keys

@@ -92,7 +92,7 @@ class Timer:
         return dt.timedelta(milliseconds=max(0, found.due_ms - found.now_ms))
 
     def _apply(self, operation: str, ms: int = 0) -> Flow[bool]:
-        result = yield self._app.store.control(self.id, operation, ms,
+        result = yield from self._app.store.control(self.id, operation, ms,
                                                duration_ms=self._duration())  # fmt: skip
         if result.status == -1:
             raise TimerPaused(f"timer {self.id!r} is paused: resume() it before {operation}")
@@ -160,7 +160,7 @@ class Timer:
         return await self._app._arun(self._pause())
 
     def _pause(self) -> Flow[bool]:
-        result = yield self._app.store.control(self.id, "pause", duration_ms=self._duration())
+        result = yield from self._app.store.control(self.id, "pause", duration_ms=self._duration())
         if result.status == 1:
             self.due_ms, self.paused_left_ms = -1, result.due_ms
         return result.status in (1, -1)
@@ -173,7 +173,7 @@ class Timer:
         return await self._app._arun(self._resume())
 
     def _resume(self) -> Flow[bool]:
-        result = yield self._app.store.control(self.id, "resume")
+        result = yield from self._app.store.control(self.id, "resume")
         if result.status == 1:
             self.due_ms, self.paused_left_ms = result.due_ms, None
         return bool(result.status == 1)

@@ -204,7 +204,7 @@ def dead_list(
     app = resolve_app(app_spec, url, namespace)
     letters = app.dead_letters(count)
     for letter in letters:
-        typer.echo(f"{letter.entry_id}  {letter.failed_at:%Y-%m-%d %H:%M:%S}  "
+        typer.echo(f"{letter.ref}  {letter.failed_at:%Y-%m-%d %H:%M:%S}  "
                    f"{letter.task or '?'}  id={letter.timer_id}  {letter.reason}")  # fmt: skip
         if traceback and letter.traceback:
             typer.echo(letter.traceback)
@@ -224,7 +224,8 @@ def dead_retry(
     wanted = set(entry_ids or [])
     retried = 0
     for letter in letters:
-        if (not wanted or letter.entry_id in wanted) and app.retry_dead(letter):
+        named = letter.ref in wanted or letter.entry_id in wanted
+        if (not wanted or named) and app.retry_dead(letter):
             retried += 1
     typer.echo(f"re-armed {retried} dead letter(s)")
 

@@ -248,6 +248,10 @@ class BatchPusher:
             self._client = aredis.Redis.from_url(self.app.url)
         return self._client
 
+    async def rpush(self, key: str, *values: str) -> None:
+        """RPUSH through the app's own connection: routed by slot on a cluster too."""
+        await self.app._arun(command("RPUSH", key, *values))
+
     def add(self, value: str) -> None:
         self._pending.append(value)
         if self._pusher is None:
@@ -260,7 +264,7 @@ class BatchPusher:
                 continue
             batch, self._pending = self._pending, []
             try:
-                await self.redis().rpush(self.key(self.app.namespace), *batch)
+                await self.rpush(self.key(self.app.namespace), *batch)
             except Exception:
                 _log.exception("cannot push %d value(s); retrying", len(batch))
                 self._pending[:0] = batch

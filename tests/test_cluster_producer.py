@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +14,11 @@ import pytest
 from redis.crc import key_slot
 
 from delayq import Delayq
+from delayq._calls import command
 from delayq._cluster import SyncClusterRunner
 from delayq._cluster_server import LocalCluster
+from delayq._layout import Layout
+from delayq._sharded import CLUSTER_SHARDS
 
 HOUR = 3600.0
 
@@ -39,9 +43,10 @@ def _note(app: Delayq) -> Any:
     return note
 
 
-def _owner_index(cluster: LocalCluster, app: Delayq) -> int:
-    """Which primary (in the order of first slots) holds the app's namespace."""
-    slot = key_slot(app.keys.index.encode())
+def _owner_index(cluster: LocalCluster, app: Delayq, slot: int | None = None) -> int:
+    """Which primary (in the order of first slots) holds ``slot``, by default the one of the
+    namespace's shard count (with several shards of the namespace)."""
+    slot = key_slot(app.keys.index.encode()) if slot is None else slot
     return next(i for i, url in enumerate(cluster.primary_urls())
                 if _serves(cluster, url, slot))  # fmt: skip
 
@@ -72,12 +77,18 @@ def test_every_node_serves_the_producer_api(cluster: LocalCluster) -> None:
         assert app.pending_count() == len(cluster.urls) - 1
 
 
-def test_batches_and_debounce(capp: Delayq) -> None:
+def test_batches_and_debounce(cluster: LocalCluster, capp: Delayq) -> None:
     note = _note(capp)
     requests = [note.request((i,), {}, delay=HOUR, timer_id=f"b{i}") for i in range(500)]
     timers = capp.schedule_many(requests)
     assert len(timers) == 500 and all(t.created for t in timers)
     assert capp.pending_count() == 500
+    per_primary: Counter[int] = Counter()
+    for keys in capp._run(capp.store.layout()).shards:
+        held = capp._run(command("ZCARD", keys.index))
+        per_primary[_owner_index(cluster, capp, key_slot(keys.index.encode()))] += held
+    assert sorted(per_primary) == [0, 1, 2], per_primary  # every primary holds timers
+    assert min(per_primary.values()) > 100, per_primary
 
     @capp.debounced(seconds=HOUR, key="d:{n}")
     def settle(n: int) -> None:
@@ -139,8 +150,9 @@ def test_failover_and_lost_scripts(cluster: LocalCluster, capp: Delayq) -> None:
 def test_calls_during_a_slot_migration(cluster: LocalCluster, capp: Delayq) -> None:
     note = _note(capp)
     capp.schedule_many([note.request((i,), {}, delay=HOUR, timer_id=f"m{i}") for i in range(300)])
-    slot = key_slot(capp.keys.index.encode())
-    owner = _owner_index(cluster, capp)
+    assert capp._run(capp.store.layout()).count == CLUSTER_SHARDS  # the default on a cluster
+    slot = key_slot(Layout.of(capp.namespace, CLUSTER_SHARDS).shards[0].index.encode())
+    owner = _owner_index(cluster, capp, slot)
     target = (owner + 1) % 3
     stop = threading.Event()
     made: list[str] = []
@@ -166,7 +178,7 @@ def test_calls_during_a_slot_migration(cluster: LocalCluster, capp: Delayq) -> N
     try:
         # Small batches with pauses keep the slot half moved for a while.
         cluster.migrate(slot, target, batch=5, between=lambda: stop.wait(0.02))
-        assert _owner_index(cluster, capp) == target
+        assert _owner_index(cluster, capp, slot) == target
     finally:
         stop.set()
         thread.join(30)

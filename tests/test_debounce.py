@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from delayq import ConfigurationError, Delayq, ScheduleError, Touch
+from delayq._store import StoreCalls
 from tests.conftest import WorkerThread, wait_until
 
 
@@ -396,7 +397,8 @@ def test_a_forked_producer_names_retired_cycles_apart_from_its_parent(app: Delay
     @app.debounced(seconds=1, key="k")
     def note() -> None: ...
 
-    store = app.store
+    # One shard's calls, where the nonces are made.
+    store = StoreCalls(app.keys, max_payload_bytes=app.max_payload_bytes)
     read, write = os.pipe()
     with warnings.catch_warnings():  # 3.12+ warns of fork() beside threads; the child execs none
         warnings.simplefilter("ignore", DeprecationWarning)

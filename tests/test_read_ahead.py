@@ -94,7 +94,7 @@ def test_slow_jobs_get_no_read_ahead(
 
     settings = WorkerSettings(concurrency=1, sweep_interval=1.0, shutdown_timeout=5.0)
     worker = start_worker(app, settings)
-    executor = worker.worker._executor
+    executor = worker.worker._shards[0].executor
     assert executor is not None
     slow.delay(0)  # measured: jobs take longer than read-ahead allows
     wait_until(lambda: done == [0])

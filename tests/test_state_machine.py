@@ -63,6 +63,7 @@ from hypothesis.stateful import (
 
 from delayq import Delayq, EmbeddedServer, TimerPaused
 from delayq._debounce import Debounced
+from delayq._layout import meta_key
 from delayq._task import Task
 from delayq._timer import Timer
 from tests import clockstep, state_app
@@ -792,7 +793,7 @@ class StateMachine(RuleBasedStateMachine):
         app = self.app
         wait_drained(self.client, app, timeout=20)
         self.check_runs(now_ms())
-        expected = {app.keys.ready, app.keys.stats}
+        expected = {app.keys.ready, app.keys.stats, meta_key(app.namespace)}
         found = {k.decode() for k in self.client.scan_iter(f"{app.keys.prefix}*", 1000)}
         self.expect(found <= expected, f"left behind: {sorted(found - expected)}")
         for unit in self.units:

@@ -59,6 +59,29 @@ class Running:
     job: asyncio.Task[None]
 
 
+class Capacity:
+    """A worker's job slots and handler threads, shared by the executors of its shards
+    (one executor per shard: ``readers``)."""
+
+    def __init__(self, size: int, readers: int = 1) -> None:
+        self.size = size
+        self.readers = readers
+        self.lanes = Lanes(size, "delayq-job")
+        self.executors: list[Executor] = []
+        self.freed = asyncio.Event()
+        self.freed_at = time.monotonic()
+
+    @property
+    def free(self) -> int:
+        return self.size - sum(len(executor.running) for executor in self.executors)
+
+    def slot_freed(self) -> None:
+        self.freed_at = time.monotonic()
+        for executor in self.executors:  # jobs read ahead by any shard may start now
+            executor._start_buffered()
+        self.freed.set()
+
+
 class Executor:
     def __init__(
         self,
@@ -70,7 +93,10 @@ class Executor:
         dead_letters: DeadLetterBound,
         stopping: asyncio.Event,
         gates: RunGates | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
+        self.capacity = capacity or Capacity(settings.concurrency)
+        self.capacity.executors.append(self)
         self.gates = gates
         self.engine = engine
         self.settings = settings
@@ -78,13 +104,11 @@ class Executor:
         self.max_payload_bytes = max_payload_bytes
         self.dead_letters = dead_letters
         self.stopping = stopping
-        self.lanes = Lanes(settings.concurrency, "delayq-job")
+        self.lanes = self.capacity.lanes
         self.running: dict[str, Running] = {}
         # Read ahead, not started yet: this worker's (heart-beaten, handed back on stopping).
         self.buffered: collections.deque[Delivery] = collections.deque()
         self.job_seconds = math.inf  # moving average of job durations; none measured yet
-        self.slot_freed_at = time.monotonic()
-        self.slot_freed = asyncio.Event()
         self.to_ack: list[Delivery] = []
         # Running jobs whose outcome is recorded or being recorded: the server may drop their
         # entries any moment, which the heartbeat must not mistake for a takeover.
@@ -95,12 +119,15 @@ class Executor:
 
     @property
     def free_slots(self) -> int:
-        return self.settings.concurrency - len(self.running)
+        return self.capacity.free
 
     def _wanted(self) -> int:
-        """How many deliveries to read now: the free slots, and the read-ahead's room."""
-        room = self.settings.concurrency if self.job_seconds <= READ_AHEAD_MAX_JOB_S else 0
-        return self.free_slots + room - len(self.buffered)
+        """How many deliveries to read now: this shard's share of the free slots, and of
+        the read-ahead's room."""
+        readers = self.capacity.readers
+        share = -(-max(0, self.free_slots) // readers)
+        room = self.capacity.size // readers if self.job_seconds <= READ_AHEAD_MAX_JOB_S else 0
+        return share + room - len(self.buffered)
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -108,9 +135,10 @@ class Executor:
         while not self.stopping.is_set():
             wanted = self._wanted()
             if wanted <= 0:
-                self.slot_freed.clear()
-                await wait_any([self.slot_freed, self.stopping], READ_AHEAD_HOLD_S / 2)
-                if self.buffered and time.monotonic() - self.slot_freed_at > READ_AHEAD_HOLD_S:
+                self.capacity.freed.clear()
+                await wait_any([self.capacity.freed, self.stopping], READ_AHEAD_HOLD_S / 2)
+                stalled = time.monotonic() - self.capacity.freed_at > READ_AHEAD_HOLD_S
+                if self.buffered and stalled:
                     self._hand_back_buffered()
                 continue
             deliveries = await self.engine.run(self.engine.read(wanted, block_ms=500))
@@ -166,9 +194,7 @@ class Executor:
     def _finished(self, entry_id: str, _job: asyncio.Task[None]) -> None:
         self.running.pop(entry_id, None)
         self.settled.discard(entry_id)
-        self.slot_freed_at = time.monotonic()
-        self._start_buffered()
-        self.slot_freed.set()
+        self.capacity.slot_freed()
 
     # -- one job ------------------------------------------------------------------------------
 
@@ -363,8 +389,8 @@ class Executor:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
-            self.slot_freed.clear()
-            await wait_any([self.slot_freed], min(left, 0.5))
+            self.capacity.freed.clear()
+            await wait_any([self.capacity.freed], min(left, 0.5))
         unfinished = list(self.running.values())
         for item in unfinished:
             log.warning("handing back unfinished job %s", item.delivery.timer_id)

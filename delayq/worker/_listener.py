@@ -61,7 +61,8 @@ class Listener:
             if self.connects:
                 await self.listen.follow()  # a lost node may have been replaced meanwhile
             # Keyspace events are published by the node holding the keys (on a cluster).
-            pubsub = self.listen.node_for(self.keys.index).subscription()
+            node = self.listen.node_for(self.keys.index)
+            pubsub = node.subscription()
             try:
                 channels = [self.wake_channel, *filter(None, [self.expired_channel])]
                 await pubsub.subscribe(*channels)
@@ -74,7 +75,7 @@ class Listener:
                 self.on_connect()
                 self.subscribed.set()
                 backoff = 0.05
-                await self._receive(pubsub)
+                await self._receive(pubsub, node)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("notification listener lost its connection: %s", exc)
             finally:
@@ -113,15 +114,17 @@ class Listener:
         if timer_id is not None:
             self.on_expired(timer_id)
 
-    async def _receive(self, pubsub: Subscription) -> None:
+    async def _receive(self, pubsub: Subscription, node: AsyncRunner) -> None:
         """Until stopped, or the namespace moved to another node (failover, migration)."""
         handled = 0
         loop = asyncio.get_running_loop()
         next_check = loop.time() + LAYOUT_CHECK_S
         while not self.stopping.is_set():
             if loop.time() >= next_check:
-                if await self.listen.follow():
-                    log.info("the cluster layout changed: subscribing again")
+                await self.listen.follow()
+                if self.listen.node_for(self.keys.index) is not node:
+                    log.info("the shard %s moved to another node: subscribing there",
+                             self.keys.tag)  # fmt: skip
                     return
                 next_check = loop.time() + LAYOUT_CHECK_S
             message = await pubsub.message(timeout=1.0)

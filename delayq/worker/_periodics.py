@@ -38,11 +38,17 @@ class TickGate:
 
 
 class PeriodicRunner:
-    def __init__(self, app: Delayq, engine: Engine, *, lock_ttl_ms: int) -> None:
+    def __init__(
+        self, app: Delayq, engine: Engine, *, lock_ttl_ms: int,
+        periodics: dict[str, Periodic[Any, Any]] | None = None,
+    ) -> None:  # fmt: skip
+        """``periodics``: the tasks whose state is in ``engine``'s shard (default: all)."""
         self.app = app
         self.engine = engine
         self.lock_ttl_ms = lock_ttl_ms
-        self.periodics: dict[str, Periodic[Any, Any]] = dict(app.periodics)
+        self.periodics: dict[str, Periodic[Any, Any]] = dict(
+            app.periodics if periodics is None else periodics
+        )
         self.held_locks: dict[str, str] = {}  # lock key -> token (the delivery's entry id)
         self.deferred: dict[str, int] = {}  # entry id -> tick whose successor is armed after it
         self.skipped = 0
@@ -148,7 +154,7 @@ class PeriodicRunner:
             return "skip"
         if task.periodic.overlap == "allow":
             return "run"
-        lock = self.app.keys.periodic_lock(task.name)
+        lock = self.engine.keys.periodic_lock(task.name)
         if await self._lock(lock, d.entry_id):
             self.held_locks[lock] = d.entry_id
             return "run"
@@ -187,7 +193,7 @@ class PeriodicRunner:
             await self._arm(task, seen, task.chained_tick_ms(tick_ms, now))
 
     async def after_run(self, task: Periodic[Any, Any], d: Delivery) -> None:
-        lock = self.app.keys.periodic_lock(task.name)
+        lock = self.engine.keys.periodic_lock(task.name)
         token = self.held_locks.pop(lock, None)
         if token is not None:
             await self.engine.run(self.engine.forget(lock, token.encode()))

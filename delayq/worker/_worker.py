@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import dataclasses
 import gc
 import logging
 import os
@@ -16,8 +16,7 @@ import secrets
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from delayq._app import Delayq
 from delayq._cluster import AsyncClusterRunner, async_runner
@@ -27,14 +26,12 @@ from delayq._errors import ConfigurationError
 from delayq._runners import AsyncRunner
 from delayq._task import Task
 from delayq.worker._checks import ensure_notifications, hint_source, warn_on_eviction
-from delayq.worker._engine import DeadLetterBound, Engine
-from delayq.worker._executor import Counters, Executor
-from delayq.worker._firing import Firing
-from delayq.worker._listener import Listener
-from delayq.worker._loops import every, guarded, wait_any
-from delayq.worker._periodics import PeriodicRunner
+from delayq.worker._engine import Engine
+from delayq.worker._executor import Capacity, Counters
+from delayq.worker._loops import guarded, wait_any
 from delayq.worker._settings import WorkerSettings
-from delayq.worker._sweeper import SweepCounters, Sweeper
+from delayq.worker._shard import Context, Shard, build_shard
+from delayq.worker._sweeper import SweepCounters
 from delayq.worker._watching import Watching
 
 log = logging.getLogger("delayq.worker")
@@ -56,9 +53,7 @@ class Worker:
         self.abandoned_threads = False  # a sync handler still ran when the worker stopped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
-        self._firing: Firing | None = None
-        self._executor: Executor | None = None
-        self._sweeper: Sweeper | None = None
+        self._shards: list[Shard] = []
         self._watching: Watching | None = None
         self._stop_requested = False
 
@@ -78,15 +73,15 @@ class Worker:
 
     @property
     def counters(self) -> Counters:
-        return self._executor.counters if self._executor else Counters()
+        return _summed(Counters, [s.executor.counters for s in self._shards])
 
     @property
     def sweep_counters(self) -> SweepCounters:
-        return self._sweeper.counters if self._sweeper else SweepCounters()
+        return _summed(SweepCounters, [s.sweeper.counters for s in self._shards])
 
     @property
     def fired(self) -> int:
-        return self._firing.fired if self._firing else 0
+        return sum(s.firing.fired for s in self._shards)
 
     @property
     def leads_watched_keys(self) -> bool:
@@ -127,75 +122,42 @@ class Worker:
 
     async def _serve(self, io: AsyncRunner, listen: AsyncRunner, stopping: asyncio.Event) -> None:
         settings, app = self.settings, self.app
-        if app.watchers and isinstance(io, AsyncClusterRunner):
+        layout = await io.run(app.store.layout())
+        first = layout.shards[0]
+        if app.watchers and (isinstance(io, AsyncClusterRunner) or layout.count > 1):
             raise ConfigurationError(
-                "on_expire watchers do not run on a Redis Cluster yet: watched keys live on "
-                f"every node ({', '.join(sorted(app.watchers))}); use one server for them"
+                "on_expire watchers do not run on a Redis Cluster or a namespace of several "
+                f"shards yet ({', '.join(sorted(app.watchers))}): watched keys live on every "
+                "node; use one server and a namespace of one shard for them"
             )
-        engine = Engine(io, app.keys, self.name)
         flags = await ensure_notifications(
-            io, app.keys, configure=settings.configure_server, keyspace=bool(app.watchers)
+            io, first, configure=settings.configure_server, keyspace=bool(app.watchers)
         )
-        hints = hint_source(flags, app.keys, io.db)
+        hints = hint_source(flags, first, io.db)
         if hints.pattern is None:
             log.info("expiry hints from %s (%s); timers fire from the due index as always",
                      hints.channel or "nowhere", hints.why)  # fmt: skip
         await warn_on_eviction(io)
-        await engine.run(engine.ensure_group())
+        ctx = Context(app, settings, io, listen, layout, flags,
+                      Capacity(settings.concurrency, readers=layout.count), stopping,
+                      self.find_task)  # fmt: skip
+        engines = [Engine(io, keys, self.name) for keys in layout.shards]
         watching = self._watching = Watching(
-            app, engine, listen, db=io.db, batch=settings.fire_batch,
+            app, engines[0], listen, db=io.db, batch=settings.fire_batch,
             lease_s=settings.watch_lease, stopping=stopping,
         )  # fmt: skip
-        firing = self._firing = Firing(engine, batch=settings.fire_batch, stopping=stopping)
-        periodics = PeriodicRunner(
-            app, engine, lock_ttl_ms=round(settings.visibility_timeout * 2000)
-        )
-        await periodics.register_all()
-        executor = self._executor = Executor(
-            engine, settings, self.find_task,
-            max_payload_bytes=app.max_payload_bytes,
-            dead_letters=DeadLetterBound(app.dead_letter_maxlen, app.dead_letter_max_bytes),
-            stopping=stopping,
-            gates=periodics,
-        )  # fmt: skip
-        sweeper = self._sweeper = Sweeper(
-            engine, firing, orphan_scan_interval=settings.orphan_scan_interval,
-            scan_watched=watching.request_scan if watching.active else None,
-            each_sweep=periodics.keep_armed if periodics.periodics else None,
-        )  # fmt: skip
-        listener = Listener(
-            listen, app.keys, hints,
-            on_expired=firing.hint,
-            on_wake=firing.wake.set,
-            on_connect=functools.partial(self._after_connect, sweeper, firing),
-            stopping=stopping,
-        )  # fmt: skip
-        intake: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("deadline loop", firing.run_deadlines),
-            ("notification hints", firing.run_hints),
-            ("notification listener", listener.run),
-            ("consumer", executor.consume),
+        scan = watching.request_scan if watching.active else None
+        shards = self._shards = [
+            await build_shard(ctx, k, engine, scan_watched=scan if k == 0 else None)
+            for k, engine in enumerate(engines)
         ]
-        if watching.active:
-            intake.append(("watched keys", watching.run))
-        tasks = [asyncio.create_task(guarded(n, body, stopping), name=n) for n, body in intake]
-        tasks += [
-            asyncio.create_task(
-                every("sweeper", settings.sweep_interval, sweeper.sweep, stopping,
-                      kick=sweeper.kick), name="sweeper"),
-            asyncio.create_task(
-                every("reclaimer", max(0.2, settings.visibility_timeout / 4),
-                      executor.reclaim, stopping), name="reclaimer"),
-        ]  # fmt: skip
-        upkeep = [
-            asyncio.create_task(guarded("acknowledgements", executor.run_acks, stopping)),
-            asyncio.create_task(self._heartbeats(executor, periodics)),
-        ]
-        # Nudges published before the subscription is active would be lost: wait for it.
-        await wait_any([listener.subscribed, stopping], 10)
+        tasks, upkeep = self._start(shards, watching, stopping)
+        # Nudges published before the subscriptions are active would be lost: wait for them.
+        for shard in shards:
+            await wait_any([shard.listener.subscribed, stopping], 10)
         log.info(
-            "worker %s ready: %s namespace=%s concurrency=%d tasks=%s",
-            self.name, redact_url(app.url), app.namespace, settings.concurrency,
+            "worker %s ready: %s namespace=%s shards=%d concurrency=%d tasks=%s",
+            self.name, redact_url(app.url), app.namespace, layout.count, settings.concurrency,
             ", ".join(app.tasks.names()) or "(shared only)",
         )  # fmt: skip
         # Objects alive now (imports, the app) live as long as the worker: keep them out of the
@@ -203,40 +165,65 @@ class Worker:
         gc.freeze()
         self.ready.set()
         await stopping.wait()
-        await self._shutdown(tasks, upkeep, executor)
+        await self._shutdown(tasks, upkeep, shards, ctx.capacity)
 
-    @staticmethod
-    def _after_connect(sweeper: Sweeper, firing: Firing) -> None:
-        # Events and nudges published while the listener was away are lost: sweep, and let
-        # the deadline loop re-read the earliest deadline.
-        sweeper.request(full=True)
-        firing.wake.set()
+    def _start(
+        self, shards: list[Shard], watching: Watching, stopping: asyncio.Event
+    ) -> tuple[list[asyncio.Task[None]], list[asyncio.Task[None]]]:
+        """The worker's loops: each shard's, named with its number when there are several."""
+        tasks: list[asyncio.Task[None]] = []
+        upkeep = [asyncio.create_task(self._heartbeats(shards))]
+        for shard in shards:
+            suffix = f" {shard.index}" if len(shards) > 1 else ""
+            intake = shard.intake(suffix)
+            if shard.index == 0 and watching.active:
+                intake.append(("watched keys", watching.run))
+            tasks += [asyncio.create_task(guarded(n, body, stopping), name=n)
+                      for n, body in intake]  # fmt: skip
+            tasks += shard.timed(self.settings, stopping, suffix)
+            upkeep.append(shard.acks(stopping, suffix))
+        return tasks, upkeep
 
-    async def _heartbeats(self, executor: Executor, periodics: PeriodicRunner) -> None:
+    async def _heartbeats(self, shards: list[Shard]) -> None:
         # Runs until the very end of shutdown, so jobs finishing during drain stay ours.
         while True:
             await asyncio.sleep(self.settings.heartbeat)
-            try:
-                await executor.heartbeat()
-                await periodics.refresh_locks()
-            except Exception as exc:
-                log.warning("heartbeat failed: %r", exc)
+            for shard in shards:
+                try:
+                    await shard.executor.heartbeat()
+                    await shard.periodics.refresh_locks()
+                except Exception as exc:
+                    log.warning("heartbeat failed: %r", exc)
 
     async def _shutdown(
-        self, tasks: list[asyncio.Task[None]], upkeep: list[asyncio.Task[None]], executor: Executor
-    ) -> None:
-        # The consumer returns within its read block; the others hold no work and may go now.
+        self, tasks: list[asyncio.Task[None]], upkeep: list[asyncio.Task[None]],
+        shards: list[Shard], capacity: Capacity,
+    ) -> None:  # fmt: skip
+        # The consumers return within their read block; the others hold no work and may go.
         for task in tasks:
-            if task.get_name() != "consumer":
+            if not task.get_name().startswith("consumer"):
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await executor.drain(self.settings.shutdown_timeout)
+        await asyncio.gather(*(s.executor.drain(self.settings.shutdown_timeout) for s in shards))
         for task in upkeep:
             task.cancel()
         await asyncio.gather(*upkeep, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await executor.flush_acks()
-        self.abandoned_threads = executor.shutdown_pool()
-        c = executor.counters
+        for shard in shards:
+            with contextlib.suppress(Exception):
+                await shard.executor.flush_acks()
+        self.abandoned_threads = capacity.lanes.shutdown()
+        c = self.counters
         log.info("worker %s stopped: executed=%d retried=%d dead=%d handed_back=%d",
                  self.name, c.executed, c.retried, c.dead, c.handed_back)  # fmt: skip
+
+
+C = TypeVar("C", Counters, SweepCounters)
+
+
+def _summed(kind: type[C], parts: list[C]) -> C:
+    """The shards' counters added up."""
+    total = kind()
+    for part in parts:
+        for field in dataclasses.fields(part):
+            setattr(total, field.name, getattr(total, field.name) + getattr(part, field.name))
+    return total

@@ -1,0 +1,134 @@
+"""How a namespace is split into shards, each a hash slot of its own; no I/O.
+
+A namespace of one shard keeps the layout delayq always had: every key under ``dq:{ns}:``.
+A namespace of S > 1 shards has, for each shard k, the same set of keys under ``dq:{tag_k}:``,
+where ``tag_k`` is ``ns/k`` (with a salt ``.n`` if needed) chosen so that its slot falls in
+the k-th S-th of the slot space: on a cluster whose primaries split the slots evenly, the
+shards are spread evenly too. (``/`` is refused in namespaces, so tags cannot collide.)
+
+A timer lives in the shard of its *base id*, so that everything a script must change
+together stays in one slot: an idempotent id and its retries, a debounced key and the cycles
+it retires, a periodic task's ticks, state and lock. The count is fixed when the namespace is
+created (``dq:{ns}:meta``); ids would land in other shards if it changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from delayq._calls import Flow, command
+from delayq._errors import ConfigurationError
+from delayq._keys import KEY_ROOT, RESERVED_PREFIX, Keys, check_namespace
+from delayq._topology import SLOTS, slot_of
+
+T = TypeVar("T")
+
+MAX_SHARDS = 1024
+# Suffixes of ids delayq derives from another id (see Keys.retry_id, plain_watch_job_id).
+_DERIVED = ("#retry-", "#redrive-")
+_RETIRED = RESERVED_PREFIX + "c:"  # Keys.retired_cycle_id: "~c:<nonce>:<timer id>"
+_TICK = "p:"  # a periodic tick without its "~": "p:<task>@<ms>"
+
+
+def check_shards(shards: object) -> int:
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise ConfigurationError(
+            f"shards must be an integer from 1 to {MAX_SHARDS}, not {shards!r}"
+        )
+    return shards
+
+
+def base_id(timer_id: str) -> str:
+    """The id whose shard ``timer_id`` belongs to."""
+    if timer_id.startswith(_RETIRED):
+        timer_id = timer_id[len(_RETIRED) :].partition(":")[2]
+    cut = min((i for i in (timer_id.find(m) for m in _DERIVED) if i >= 0), default=-1)
+    if cut >= 0:
+        timer_id = timer_id[:cut]
+    timer_id = timer_id.removeprefix(RESERVED_PREFIX)
+    if timer_id.startswith(_TICK):
+        timer_id = timer_id.rpartition("@")[0] or timer_id
+    return timer_id
+
+
+def shard_of(timer_id: str, count: int) -> int:
+    if count == 1:
+        return 0
+    return zlib.crc32(base_id(timer_id).encode("utf-8", "surrogatepass")) % count
+
+
+@functools.lru_cache(maxsize=4096)
+def shard_tag(namespace: str, shard: int, count: int) -> str:
+    """The hash tag of one shard: its slot falls in the ``shard``-th ``count``-th of the
+    slots (for the first salt that puts it there)."""
+    if count == 1:
+        return namespace
+    low, high = shard * SLOTS // count, (shard + 1) * SLOTS // count
+    salt = 0
+    while True:
+        tag = f"{namespace}/{shard}" + (f".{salt}" if salt else "")
+        if low <= slot_of(tag) < high:
+            return tag
+        salt += 1
+
+
+def meta_key(namespace: str) -> str:
+    """Where a namespace's shard count is kept (in the slot of the one-shard layout)."""
+    return f"{KEY_ROOT}{namespace}}}:meta"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A namespace's shards: the keys of each, and which shard holds a timer id."""
+
+    namespace: str
+    shards: tuple[Keys, ...]
+
+    @classmethod
+    def of(cls, namespace: str, count: int) -> Layout:
+        check_namespace(namespace)
+        check_shards(count)
+        return cls(namespace, tuple(Keys(namespace, tag=shard_tag(namespace, k, count))
+                                    for k in range(count)))  # fmt: skip
+
+    @property
+    def count(self) -> int:
+        return len(self.shards)
+
+    def shard_of(self, timer_id: str) -> int:
+        return shard_of(timer_id, self.count)
+
+    def keys_for(self, timer_id: str) -> Keys:
+        return self.shards[self.shard_of(timer_id)]
+
+    def grouped(self, timer_ids: Iterable[str]) -> dict[int, list[int]]:
+        """Positions of ``timer_ids`` by shard, each list in the given order."""
+        groups: dict[int, list[int]] = {}
+        for position, timer_id in enumerate(timer_ids):
+            groups.setdefault(self.shard_of(timer_id), []).append(position)
+        return groups
+
+
+def resolve(namespace: str, wanted: int | None, default: int) -> Flow[Layout]:
+    """The namespace's layout as stored, created with ``wanted`` (else ``default``) shards if
+    it has none yet. A namespace with keys from before shard counts were stored has one."""
+    stored = yield command("GET", meta_key(namespace))
+    if stored is None:
+        legacy = Keys(namespace)
+        old = yield command("EXISTS", legacy.index, legacy.ready, legacy.dead, legacy.periodics,
+                            legacy.paused, legacy.stats)  # fmt: skip
+        count = 1 if old else (wanted or default)
+        yield command("SET", meta_key(namespace), str(count), "NX")
+        stored = yield command("GET", meta_key(namespace))  # another app may have won
+    count = int(stored)
+    if wanted is not None and wanted != count:
+        raise ConfigurationError(
+            f"namespace {namespace!r} has {count} shard(s), not the {wanted} asked for: the "
+            "count is fixed when a namespace is created (use another namespace, or drop "
+            "shards= to use the stored count)"
+        )
+    return Layout.of(namespace, count)
