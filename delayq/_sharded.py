@@ -156,10 +156,8 @@ class ShardedStore:
         return [*due, *paused][:limit]
 
     def pending_count(self) -> Flow[int]:
-        total = 0
-        for store in (yield from self._each()):
-            total += yield from store.pending_count()
-        return total
+        stores = yield from self._each()
+        return sum((yield Batch([c for store in stores for c in store.count_calls()])))
 
     def paused_count(self) -> Flow[int]:
         stores = yield from self._each()

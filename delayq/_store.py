@@ -265,9 +265,12 @@ class StoreCalls:
         ]
 
     def pending_count(self) -> Flow[int]:
-        counts = yield Batch([command("ZCARD", self.keys.index),
-                              command("ZCARD", self.keys.watch_index)])  # fmt: skip
-        return sum(int(n) for n in counts)
+        return sum(int(n) for n in (yield Batch(self.count_calls())))
+
+    def count_calls(self) -> list[Call[int]]:
+        """The sizes of the due indexes (plain timers, watch timers)."""
+        return [command("ZCARD", self.keys.index, decode=int),
+                command("ZCARD", self.keys.watch_index, decode=int)]  # fmt: skip
 
     def paused_count(self) -> Call[int]:
         return command("HLEN", self.keys.paused, decode=int)
