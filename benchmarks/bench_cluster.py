@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import redis
 from bench_core import FAR_DELAY_S, FAR_SPREAD_S, PREPARE_CHUNK, arm_far, from_ms, rate
 from bench_table import Row, cpu_seconds, report
 from bench_tasks import lateness_key, ping_key, register
@@ -117,6 +118,7 @@ def bench_pending(cluster: LocalCluster, cfg: Config, workdir: Path) -> Iterator
         started = time.perf_counter()
         payload_bytes = arm_far(app, tasks, cfg.pending, random.Random(cfg.seed))
         armed_s = time.perf_counter() - started
+        time.sleep(1.0)  # the replicas' output buffers, counted in used_memory, drain first
         grown = [_used_memory(n) - m for n, m in zip(primaries, memory, strict=True)]
         used = [(cpu_seconds(n.pid) or 0.0) - c for n, c in zip(primaries, cpu, strict=True)]
         yield Row(f"cluster: arming {cfg.pending:,} timers (schedule_many)",
@@ -178,9 +180,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
     cfg = QUICK if parser.parse_args().quick else FULL
-    print(describe_host())
 
     def run(url: str, workdir: Path) -> Iterator[Row]:
+        with redis.Redis.from_url(url) as client:
+            print(describe_host(client), flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as data:
             cluster = LocalCluster(3, 1, data_dir=Path(data))
             cluster.start(timeout=60)

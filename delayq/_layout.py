@@ -15,6 +15,7 @@ created (``dq:{ns}:meta``); ids would land in other shards if it changed.
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from delayq._topology import SLOTS, slot_of
 
 T = TypeVar("T")
 
-MAX_SHARDS = 1024
+MAX_SHARDS = 256
 # Suffixes of ids delayq derives from another id (see Keys.retry_id, plain_watch_job_id).
 _DERIVED = ("#retry-", "#redrive-")
 _RETIRED = RESERVED_PREFIX + "c:"  # Keys.retired_cycle_id: "~c:<nonce>:<timer id>"
@@ -63,11 +64,18 @@ def shard_of(timer_id: str, count: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def shard_tag(namespace: str, shard: int, count: int) -> str:
-    """The hash tag of one shard: its slot falls in the ``shard``-th ``count``-th of the
-    slots (for the first salt that puts it there)."""
+    """The hash tag of one shard: its slot falls near the middle of the ``shard``-th
+    ``count``-th of the slots (for the first salt that puts it there). The middle, not just
+    anywhere in the share: primaries holding equal ranges then get as equal a number of shards
+    as can be (16 on 3: 5, 6, 5), where a share cut by a range boundary could go either way."""
     if count == 1:
         return namespace
-    low, high = shard * SLOTS // count, (shard + 1) * SLOTS // count
+    share = SLOTS / count
+    middle = (shard + 0.5) * share
+    # A window of 1/16 of the share, and at least 64 slots (or the whole share): at most
+    # about 256 tries of a salt per shard, under a second for MAX_SHARDS, once a process.
+    half = max(share / 32, min(share, 64) / 2)
+    low, high = math.floor(middle - half), math.ceil(middle + half)
     salt = 0
     while True:
         tag = f"{namespace}/{shard}" + (f".{salt}" if salt else "")

@@ -25,11 +25,25 @@ from tests.conftest import FAST, WorkerThread, wait_until
 HOUR = 3600.0
 
 
-@pytest.mark.parametrize("count", [2, 3, 4, 7, 16, 64])
+@pytest.mark.parametrize("count", [2, 3, 4, 7, 16, 64, 256])
 def test_each_shard_sits_in_its_share_of_the_slots(count: int) -> None:
     for k in range(count):
         slot = slot_of(Keys("shop", tag=shard_tag("shop", k, count)).index)
         assert k * SLOTS // count <= slot < (k + 1) * SLOTS // count
+
+
+def test_primaries_with_equal_ranges_get_as_equal_a_share_of_shards() -> None:
+    ranges = [(0, 5460), (5461, 10922), (10923, 16383)]  # a 3-primary cluster's
+    for count in (3, 6, 16, 64):
+        held = Counter(
+            next(
+                i
+                for i, (a, b) in enumerate(ranges)
+                if a <= slot_of(Keys("shop", tag=shard_tag("shop", k, count)).index) <= b
+            )
+            for k in range(count)
+        )
+        assert max(held.values()) - min(held.values()) <= 1, (count, held)
     assert shard_tag("shop", 0, 1) == "shop"  # one shard: the layout of before
 
 
