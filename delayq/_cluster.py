@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ConnectionError as ConnectionLost
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Call
-from delayq._runners import AsyncRunner, SyncRunner, _Driven, _raised
+from delayq._runners import AsyncRunner, SyncRunner, _direct_path, _Driven, _raised
 from delayq._topology import (
     FAILOVER_WAIT_S,
     REROUTED,
@@ -35,6 +36,7 @@ from delayq._topology import (
     node_url,
     routed,
 )
+from delayq._wire import packed
 
 # Rounds of ``routed`` before an error reaches the caller: enough to wait out a failover.
 ATTEMPTS = int(FAILOVER_WAIT_S / RETRY_PAUSE_S)
@@ -117,12 +119,44 @@ class SyncClusterRunner(SyncRunner):
             if isinstance(step, Refresh):
                 time.sleep(step.pause)
                 flow.reply = self._refreshed()
-                continue
-            try:
-                flow.reply = self._sent(step)
-            except _LOST as exc:
-                flow.failure = Unreachable(exc)
+            elif len(step.sends) > 1 and all(_direct_path(s.calls, s.transaction)
+                                             for s in step.sends):  # fmt: skip
+                flow.reply = self._written_together(step.sends)
+            else:
+                flow.reply = [self._tried(send) for send in step.sends]
         return flow.result
+
+    def _tried(self, step: Send) -> Any:
+        try:
+            return self._sent(step)
+        except _LOST as exc:
+            return Unreachable(exc)
+
+    def _written_together(self, sends: tuple[Send, ...]) -> list[Any]:
+        """Every node's calls written before any reply is read: one round trip for a batch
+        spread over the cluster, not one a node. A node whose connection fails is sent to
+        again on the ordinary path, which reconnects."""
+        opened: list[tuple[Any, Any, list[Call[Any]]]] = []
+        results: list[Any] = [None] * len(sends)
+        try:
+            for i, step in enumerate(sends):
+                calls = [_ASKING, *step.calls] if step.asking else list(step.calls)
+                pool = self._nodes.node(step.node).client.connection_pool
+                conn = pool.get_connection()
+                opened.append((pool, conn, calls))
+                try:
+                    conn.send_packed_command(packed(calls), check_health=False)  # type: ignore[no-untyped-call]
+                except _LOST:
+                    conn.disconnect()  # type: ignore[no-untyped-call]
+                    results[i] = _RESEND
+            for i, (_, conn, calls) in enumerate(opened):
+                if results[i] is None:
+                    results[i] = _read_replies(conn, calls, asking=sends[i].asking)
+        finally:
+            for pool, conn, _ in opened:
+                pool.release(conn)
+        return [self._tried(step) if got is _RESEND else got
+                for step, got in zip(sends, results, strict=True)]  # fmt: skip
 
     def _refreshed(self) -> Topology:
         try:
@@ -202,12 +236,15 @@ class AsyncClusterRunner(AsyncRunner):
             if isinstance(step, Refresh):
                 await asyncio.sleep(step.pause)
                 flow.reply = await self._refreshed()
-                continue
-            try:
-                flow.reply = await self._sent(step)
-            except _LOST as exc:
-                flow.failure = Unreachable(exc)
+            else:  # every node at once
+                flow.reply = list(await asyncio.gather(*map(self._tried, step.sends)))
         return flow.result
+
+    async def _tried(self, step: Send) -> Any:
+        try:
+            return await self._sent(step)
+        except _LOST as exc:
+            return Unreachable(exc)
 
     async def _refreshed(self) -> Topology:
         try:
@@ -223,6 +260,23 @@ class AsyncClusterRunner(AsyncRunner):
 
 
 _ASKING: Call[Any] = Call(("ASKING",), raw=True)
+_RESEND = object()  # a node whose write failed: sent again on the ordinary path
+
+
+def _read_replies(conn: Any, calls: list[Call[Any]], *, asking: bool) -> Any:
+    """Replies to ``calls`` written on ``conn`` (an error reply as its exception, without the
+    ASKING reply), or ``Unreachable`` if the connection failed."""
+    replies: list[Any] = []
+    try:
+        for _ in calls:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except _LOST as exc:
+        conn.disconnect()  # replies left unread would be taken for the next call's
+        return Unreachable(exc)
+    return replies[1:] if asking else replies
 
 
 def sync_runner(url: str, options: dict[str, Any]) -> SyncRunner:

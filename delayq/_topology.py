@@ -179,7 +179,15 @@ class Refresh:
     pause: float = 0.0
 
 
-ClusterStep = Send | Refresh
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """Send each of ``sends`` (to distinct nodes), all at once if the runner can; the reply is
+    one entry per send: its replies, or the ``Unreachable`` it met."""
+
+    sends: tuple[Send, ...]
+
+
+ClusterStep = Fanout | Refresh
 # A failover takes the cluster's node timeout plus an election: calls to a node that went away
 # wait this long for its replica to take over before the error reaches the caller.
 FAILOVER_WAIT_S = 15.0
@@ -207,11 +215,11 @@ def routed(
     failure: BaseException | None = None
     for _ in range(attempts):
         failed: set[int] = set()
-        for step, indexes in _plan(topology, calls, todo, transaction, asks):
-            try:
-                got = yield step
-            except Unreachable as exc:
-                failure = exc.cause
+        plan = _plan(topology, calls, todo, transaction, asks)
+        results = yield Fanout(tuple(step for step, _ in plan))
+        for (_, indexes), got in zip(plan, results, strict=True):
+            if isinstance(got, Unreachable):
+                failure = got.cause
                 failed.update(indexes)
                 continue
             for i, reply in zip(indexes, got, strict=True):

@@ -10,7 +10,16 @@ from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import MovedError
 
 from delayq._calls import command, script
-from delayq._topology import Refresh, Send, Unreachable, _topology, node_url, route_key, routed
+from delayq._topology import (
+    Fanout,
+    Refresh,
+    Send,
+    Unreachable,
+    _topology,
+    node_url,
+    route_key,
+    routed,
+)
 
 A, B = ("127.0.0.1", 7000), ("127.0.0.1", 7001)
 HALVES = [[0, 8191, [b"127.0.0.1", 7000, b"a"]], [8192, 16383, [b"127.0.0.1", 7001, b"b"]]]
@@ -40,18 +49,22 @@ def _drive(calls: list[Any], answer: Any) -> tuple[list[Any], list[Any]]:
     flow = routed(TWO, calls, False, attempts=5)
     seen: list[Any] = []
     reply: Any = None
-    failure: Exception | None = None
     while True:
         try:
-            step = flow.throw(failure) if failure else flow.send(reply)
+            step = flow.send(reply)
         except StopIteration as done:
             return seen, done.value
-        seen.append(step)
-        failure = None
-        try:
+        if not isinstance(step, Fanout):
+            seen.append(step)
             reply = answer(step)
-        except Unreachable as exc:
-            failure = exc
+            continue
+        reply = []
+        for send in step.sends:
+            seen.append(send)
+            try:
+                reply.append(answer(send))
+            except Unreachable as exc:
+                reply.append(exc)
 
 
 def test_calls_split_by_node_and_keyless_calls_follow_the_batch() -> None:
