@@ -73,10 +73,10 @@ class _Nodes(Generic[R]):
         return [*self.topology.primaries, *self.topology.nodes]
 
 
-class SyncClusterRunner(SyncRunner):
-    def __init__(self, url: str, options: dict[str, Any], topology: Topology) -> None:
-        self._nodes = _Nodes(url, topology, lambda u: SyncRunner.from_url(u, options))
-        super().__init__(self._nodes.node(topology.primaries[0]).client)
+class _OnNodes(Generic[R]):
+    """What both cluster runners read from their nodes."""
+
+    _nodes: _Nodes[R]
 
     @property
     def topology(self) -> Topology:
@@ -84,7 +84,13 @@ class SyncClusterRunner(SyncRunner):
 
     @property
     def db(self) -> int:
-        return 0
+        return 0  # a cluster has no other
+
+
+class SyncClusterRunner(_OnNodes[SyncRunner], SyncRunner):
+    def __init__(self, url: str, options: dict[str, Any], topology: Topology) -> None:
+        self._nodes = _Nodes(url, topology, lambda u: SyncRunner.from_url(u, options))
+        super().__init__(self._nodes.node(topology.primaries[0]).client)
 
     def close(self) -> None:
         runners, self._nodes.runners = self._nodes.runners, {}
@@ -171,21 +177,13 @@ class SyncClusterRunner(SyncRunner):
         return runner._send([_ASKING, *step.calls], step.transaction)[1:]
 
 
-class AsyncClusterRunner(AsyncRunner):
+class AsyncClusterRunner(_OnNodes[AsyncRunner], AsyncRunner):
     def __init__(self, url: str, options: dict[str, Any], topology: Topology, *,
                  retry: bool = True) -> None:  # fmt: skip
         self._nodes = _Nodes(url, topology,
                              lambda u: AsyncRunner.from_url(u, options, retry=retry))  # fmt: skip
         super().__init__(self._nodes.node(topology.primaries[0]).client)
         self._followed_at = -FOLLOW_EVERY_S
-
-    @property
-    def topology(self) -> Topology:
-        return self._nodes.topology
-
-    @property
-    def db(self) -> int:
-        return 0
 
     async def close(self) -> None:
         runners, self._nodes.runners = self._nodes.runners, {}

@@ -77,8 +77,8 @@ async def ensure_notifications(
     io: AsyncRunner, keys: Keys, *, configure: bool, keyspace: bool = False
 ) -> str | None:
     """Make sure the needed keyspace notifications are published; enable them if allowed.
-    Returns the flags now set on the node holding the namespace (None when CONFIG is not
-    allowed and they were probed).
+    Returns the flags now set on the node holding ``keys`` (None when CONFIG is not allowed
+    and they were probed).
 
     On a cluster every node is checked, replicas too: events are published by the node that
     holds a key, and a replica promoted by a failover must publish them as well."""

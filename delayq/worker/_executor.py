@@ -372,6 +372,8 @@ class Executor:
         # Jobs done but not yet acknowledged (the server was away) stay ours too.
         entries = [e for e in self.running if e not in self.settled]
         entries += [d.entry_id for d in (*self.to_ack, *self.buffered)]
+        if not entries:  # nothing to keep: no round trip (a worker has one executor a shard)
+            return
         lost = await self.engine.run(self.engine.heartbeat(entries))
         # Still ours to settle once the reply came: the others were settled meanwhile.
         waiting = {d.entry_id for d in (*self.to_ack, *self.buffered)}

@@ -25,7 +25,8 @@ from delayq.worker._loops import wait_or_stop
 
 log = logging.getLogger("delayq.worker")
 YIELD_EVERY = 50
-# How often a listener checks that its node still holds the namespace (one CLUSTER SLOTS).
+# How often a listener checks that its node still holds its shard (a cluster's layout is
+# read at most once a second per worker, whatever the number of listeners).
 LAYOUT_CHECK_S = 2.0
 
 
@@ -115,7 +116,7 @@ class Listener:
             self.on_expired(timer_id)
 
     async def _receive(self, pubsub: Subscription, node: AsyncRunner) -> None:
-        """Until stopped, or the namespace moved to another node (failover, migration)."""
+        """Until stopped, or the shard moved to another node (failover, migration)."""
         handled = 0
         loop = asyncio.get_running_loop()
         next_check = loop.time() + LAYOUT_CHECK_S
