@@ -9,6 +9,7 @@ the ready stream live together.
 from __future__ import annotations
 
 import re
+import zlib
 
 from delayq._errors import ConfigurationError, InvalidTimerId
 
@@ -25,6 +26,12 @@ GROUP = "workers"
 # from the due index is deleted before it expires, so `expired` events come only from timers
 # that were not claimed in time, and the notification path costs nothing in the common case.
 SHADOW_GRACE_MS = 1000
+# A namespace's payloads are fields of about this many hashes ("buckets"), split among its
+# shards: a field in a small (listpack-encoded) hash costs about 35 B less than a key of its
+# own (docs/cluster.md, "Memory per timer"). Hashes stay small up to 128 fields (the server's
+# hash-max-listpack-entries: 128 on Redis, 512 on Valkey), so up to about 2 million timers a
+# namespace (8 million on Valkey).
+BUCKETS = 16384
 
 
 def check_namespace(namespace: str) -> str:
@@ -85,11 +92,13 @@ def matches_own_keys(pattern: str) -> bool:
 class Keys:
     """Names of one namespace's keys; pure string building, no I/O."""
 
-    def __init__(self, namespace: str, *, tag: str | None = None) -> None:
+    def __init__(self, namespace: str, *, tag: str | None = None, buckets: int = BUCKETS) -> None:
         """``tag``: the hash tag of one shard of the namespace (see ``_layout``); the
-        namespace itself for a namespace of one shard."""
+        namespace itself for a namespace of one shard. ``buckets``: how many hashes hold the
+        shard's payloads; 0 for a namespace created before buckets, with a key per payload."""
         self.namespace = check_namespace(namespace)
         self.tag = tag or namespace
+        self.buckets = buckets
         prefix = f"{KEY_ROOT}{self.tag}}}:"
         self.prefix = prefix
         self.index = prefix + "due"  # sorted set: timer id -> due time (ms, server clock)
@@ -101,7 +110,8 @@ class Keys:
         self.periodics = prefix + "periodics"  # set: names of periodic tasks with state
         self.wake_channel = prefix + "wake"  # pub/sub nudge: a new earliest deadline
         self.shadow_prefix = prefix + "s:"
-        self.data_prefix = prefix + "d:"
+        self.data_prefix = prefix + "d:"  # a payload's own key (buckets=0)
+        self.bucket_prefix = prefix + "b:"  # hash: timer id -> payload (see data())
         self.items_prefix = prefix + "a:"
         # Watch timers (on_expire) have an index of their own: only the watch leader, which
         # hears the watched keys' events in order, may fire them.
@@ -114,7 +124,24 @@ class Keys:
         return self.shadow_prefix + timer_id
 
     def data(self, timer_id: str) -> str:
-        return self.data_prefix + timer_id
+        """Where a timer's payload is: the bucket hash holding it as the field ``timer_id``,
+        or its own key when buckets=0. Scripts tell the two apart by the name (prelude.lua
+        ``bucketed``), so both layouts run the same scripts."""
+        if not self.buckets:
+            return self.data_prefix + timer_id
+        # Bits the shard (crc32 % count, at most 256) does not use: the ids of one shard still
+        # spread over all of its buckets.
+        crc = zlib.crc32(timer_id.encode("utf-8", "surrogatepass"))
+        return f"{self.bucket_prefix}{(crc >> 12) % self.buckets}"
+
+    def read_data(self, timer_id: str) -> tuple[str, ...]:
+        """The command that reads a timer's payload (None when it has none)."""
+        if not self.buckets:
+            return ("GET", self.data_prefix + timer_id)
+        return ("HGET", self.data(timer_id), timer_id)
+
+    def bucket(self, number: int) -> str:
+        return f"{self.bucket_prefix}{number}"
 
     def periodic_state(self, task: str) -> str:
         return self.prefix + "periodic:" + task
@@ -176,8 +203,9 @@ class Keys:
         return f"{timer_id.removeprefix(RESERVED_PREFIX)}#{kind}-{entry_id}"
 
     def data_pattern(self) -> str:
+        """The keys holding payloads, as a SCAN pattern."""
         # SCAN MATCH treats [ ] * ? \ specially; the namespace charset excludes them.
-        return self.data_prefix + "*"
+        return (self.bucket_prefix if self.buckets else self.data_prefix) + "*"
 
     def id_from_shadow(self, key: str) -> str | None:
         if key.startswith(self.shadow_prefix):
@@ -222,7 +250,8 @@ ACL_COMMANDS = (
     "evalsha", "eval", "script|load", "multi", "exec", "discard",
     "get", "set", "del", "exists", "type", "pttl", "pexpire", "scan", "incr", "zscan",
     "zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore", "zcard",
-    "hget", "hset", "hdel", "hexists", "hgetall", "hmget", "hlen", "hincrby",
+    "hget", "hset", "hdel", "hexists", "hgetall", "hmget", "hlen", "hincrby", "hkeys",
+    "rename",
     "sadd", "srem", "smembers", "rpush", "lrange", "ltrim",
     "xadd", "xdel", "xlen", "xrange", "xack", "xpending", "xclaim", "xautoclaim",
     "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups",

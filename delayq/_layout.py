@@ -10,6 +10,10 @@ A timer lives in the shard of its *base id*, so that everything a script must ch
 together stays in one slot: an idempotent id and its retries, a debounced key and the cycles
 it retires, a periodic task's ticks, state and lock. The count is fixed when the namespace is
 created (``dq:{ns}:meta``); ids would land in other shards if it changed.
+
+The meta value is ``<shards>:<buckets>``: each shard keeps its payloads as fields of that many
+hashes (``Keys.data``). A namespace created before buckets stores just ``<shards>`` and keeps
+a key per payload, as does one with keys from before shard counts were stored.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TypeVar
 
 from delayq._calls import Flow, command
 from delayq._errors import ConfigurationError
-from delayq._keys import KEY_ROOT, RESERVED_PREFIX, Keys, check_namespace
+from delayq._keys import BUCKETS, KEY_ROOT, RESERVED_PREFIX, Keys, check_namespace
 from delayq._topology import SLOTS, slot_of
 
 T = TypeVar("T")
@@ -84,6 +88,11 @@ def shard_tag(namespace: str, shard: int, count: int) -> str:
         salt += 1
 
 
+def buckets_per_shard(count: int) -> int:
+    """A new namespace's payload hashes per shard: about BUCKETS in all."""
+    return max(256, BUCKETS // count)
+
+
 def meta_key(namespace: str) -> str:
     """Where a namespace's shard count is kept (in the slot of the one-shard layout)."""
     return f"{KEY_ROOT}{namespace}}}:meta"
@@ -97,15 +106,23 @@ class Layout:
     shards: tuple[Keys, ...]
 
     @classmethod
-    def of(cls, namespace: str, count: int) -> Layout:
+    def of(cls, namespace: str, count: int, buckets: int | None = None) -> Layout:
+        """``buckets``: per shard; by default, what a namespace created now gets."""
         check_namespace(namespace)
         check_shards(count)
-        return cls(namespace, tuple(Keys(namespace, tag=shard_tag(namespace, k, count))
+        if buckets is None:
+            buckets = buckets_per_shard(count)
+        return cls(namespace, tuple(Keys(namespace, tag=shard_tag(namespace, k, count),
+                                         buckets=buckets)
                                     for k in range(count)))  # fmt: skip
 
     @property
     def count(self) -> int:
         return len(self.shards)
+
+    @property
+    def buckets(self) -> int:
+        return self.shards[0].buckets
 
     def shard_of(self, timer_id: str) -> int:
         return shard_of(timer_id, self.count)
@@ -129,14 +146,30 @@ def resolve(namespace: str, wanted: int | None, default: int) -> Flow[Layout]:
         legacy = Keys(namespace)
         old = yield command("EXISTS", legacy.index, legacy.ready, legacy.dead, legacy.periodics,
                             legacy.paused, legacy.stats)  # fmt: skip
-        count = 1 if old else (wanted or default)
-        yield command("SET", meta_key(namespace), str(count), "NX")
+        shards = wanted or default
+        created = "1" if old else f"{shards}:{buckets_per_shard(shards)}"
+        yield command("SET", meta_key(namespace), created, "NX")
         stored = yield command("GET", meta_key(namespace))  # another app may have won
-    count = int(stored)
+    count, buckets = _parsed_meta(namespace, stored)
     if wanted is not None and wanted != count:
         raise ConfigurationError(
             f"namespace {namespace!r} has {count} shard(s), not the {wanted} asked for: the "
             "count is fixed when a namespace is created (use another namespace, or drop "
             "shards= to use the stored count)"
         )
-    return Layout.of(namespace, count)
+    return Layout.of(namespace, count, buckets)
+
+
+def _parsed_meta(namespace: str, stored: bytes) -> tuple[int, int]:
+    """(shards, buckets) from a meta value; buckets 0 for a namespace from before them."""
+    count, _, buckets = stored.decode("ascii", "replace").partition(":")
+    try:
+        shards, per_shard = check_shards(int(count)), int(buckets or 0)
+        if per_shard < 0:
+            raise ValueError(buckets)
+        return shards, per_shard
+    except (ValueError, ConfigurationError):
+        raise ConfigurationError(
+            f"namespace {namespace!r} has a layout this version of delayq cannot read "
+            f"({meta_key(namespace)} = {stored!r}): it was written by another version"
+        ) from None

@@ -218,7 +218,7 @@ class StoreCalls:
         k = self.keys
         reads = Batch([
             command("ZSCORE", k.index_of(timer_id), timer_id),
-            command("GET", k.data(timer_id)),
+            command(*k.read_data(timer_id)),
             command("HGET", k.paused, timer_id),
             command("GET", k.shadow(timer_id)),
             server_time(),
@@ -257,7 +257,7 @@ class StoreCalls:
         if due_before_ms is None and len(found) < limit:
             paused: dict[bytes, bytes] = yield command("HGETALL", k.paused)
             found += [(member.decode(), None) for member in sorted(paused)][: limit - len(found)]
-        raws = yield Batch([command("GET", k.data(timer_id)) for timer_id, _due in found])
+        raws = yield Batch([command(*k.read_data(timer_id)) for timer_id, _due in found])
         return [
             Listed(timer_id, due, raw)
             for (timer_id, due), raw in zip(found, raws, strict=True)

@@ -21,10 +21,19 @@ import pytest
 import redis
 
 from delayq import Delayq, EmbeddedServer, Worker, WorkerSettings
+from delayq._keys import Keys
 
 pytest_plugins = ["tests.cluster_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def payload_ids(client: redis.Redis, keys: Keys) -> list[str]:
+    """The ids of the payloads stored in one shard (fields of its buckets, or its data keys)."""
+    names = [n.decode() for n in client.scan_iter(keys.data_pattern(), 1000)]
+    if not keys.buckets:
+        return [n[len(keys.data_prefix) :] for n in names]
+    return [f.decode() for n in names for f in client.hkeys(n)]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

@@ -110,7 +110,8 @@ def test_cancel_before_deadline_never_fires(
     wait_until(lambda: ran)
     assert [v for v, _ in ran] == ["marker"]
     assert app.timer(doomed.id) is None and doomed.remaining() is None
-    assert not rclient.exists(app.keys.data(doomed.id), app.keys.shadow(doomed.id))
+    assert not rclient.hexists(app.keys.data(doomed.id), doomed.id)
+    assert not rclient.exists(app.keys.shadow(doomed.id))
     assert marker.id
 
 

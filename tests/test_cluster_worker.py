@@ -3,10 +3,8 @@ the node that holds the namespace and notifications configured on every node."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -15,31 +13,8 @@ from redis.crc import key_slot
 
 from delayq import ConfigurationError, Delayq, Worker
 from delayq._cluster_server import ClusterNode, LocalCluster
+from tests.cluster_fixtures import Ledger
 from tests.conftest import FAST, WorkerThread, wait_until
-
-
-class Ledger:
-    """Which timer ids ran, how often, and how late (by this machine's clock)."""
-
-    def __init__(self) -> None:
-        self.runs: Counter[str] = Counter()
-        self.lateness: list[float] = []
-        self.lock = threading.Lock()
-
-    def app(self, url: str, namespace: str) -> tuple[Delayq, Any]:
-        app = Delayq(url, namespace=namespace)
-
-        @app.task(name="ledger.note")
-        def note(timer_id: str, due: float) -> None:
-            with self.lock:
-                self.runs[timer_id] += 1
-                self.lateness.append(time.time() - due)
-
-        return app, note
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.runs)
 
 
 def _flags(node: ClusterNode) -> str:

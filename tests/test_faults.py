@@ -22,7 +22,7 @@ import redis
 from delayq import Delayq, EmbeddedServer, ServerOutOfMemory, Timer, WorkerSettings
 from delayq._task import Task
 from tests import worker_app
-from tests.conftest import WorkerProcess, WorkerThread, wait_until
+from tests.conftest import WorkerProcess, WorkerThread, payload_ids, wait_until
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,9 +69,7 @@ def reports(client: redis.Redis, namespace: str, name: str) -> list[list[str]]:
 def leftovers(client: redis.Redis, app: Delayq) -> dict[str, Any]:
     """Whatever of the namespace's timers and jobs is still stored."""
     k = app.keys
-    data = sorted(
-        name.decode()[len(k.data_prefix) :] for name in client.scan_iter(k.data_pattern(), 1000)
-    )
+    data = sorted(payload_ids(client, k))
     return {
         "data": data,
         "indexed": int(client.zcard(k.index)),
@@ -489,7 +487,7 @@ def test_full_server_refuses_new_work_clearly_and_loses_no_pending_timer(
         # The refused timer left nothing behind: every stored key belongs to an armed timer.
         ids = {t.id for t in armed}
         assert {m.decode() for m in client.zrange(app.keys.index, 0, -1)} == ids
-        assert len(list(client.scan_iter(app.keys.data_pattern(), 1000))) == len(ids)
+        assert len(payload_ids(client, app.keys)) == len(ids)
         with pytest.raises(ServerOutOfMemory) as batch:
             app.schedule_many([bulky.prepare(f"m{i}", "x", delay=1.0) for i in range(10)])
         assert batch.value.completed == 0 and "10 of a batch of 10 were" in str(batch.value)

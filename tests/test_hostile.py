@@ -211,7 +211,7 @@ def test_hostile_payloads_are_dead_lettered_and_never_run(
     runner = start_worker(app)
     for name, raw, _reason in HOSTILE_PAYLOADS:
         timer = victim.schedule("placeholder", delay=60, id=f"hostile:{name}")
-        rclient.set(app.keys.data(timer.id), raw)
+        rclient.hset(app.keys.data(timer.id), timer.id, raw)
         assert timer.reschedule(delay=0.05)
     wait_until(lambda: len(app.dead_letters()) == len(HOSTILE_PAYLOADS), timeout=30)
     later.schedule(delay=0.1)  # the worker is alive and keeps firing
@@ -546,7 +546,7 @@ def test_unregistered_task_names_are_dead_lettered_and_import_nothing(
         payload = encode_payload(name, ("echo pwned",), {}, attempt=0, created_ms=0,
                                  max_bytes=1 << 20)  # fmt: skip
         timer = fine.schedule("placeholder", delay=60, id=f"named:{i}")
-        rclient.set(app.keys.data(timer.id), payload)
+        rclient.hset(app.keys.data(timer.id), timer.id, payload)
         assert timer.reschedule(delay=0.05)
     wait_until(lambda: len(app.dead_letters()) == len(names))
     reasons = {letter.timer_id: (letter.task, letter.reason) for letter in app.dead_letters()}

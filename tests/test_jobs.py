@@ -138,7 +138,7 @@ def test_unknown_task_and_corrupt_payload_are_dead_lettered(
     k = app.keys
     for timer_id, payload in (("unknown", unknown), ("corrupt", b"\xc1garbage")):
         good = fine.schedule("placeholder", delay=30, id=timer_id)
-        rclient.set(k.data(timer_id), payload)
+        rclient.hset(k.data(timer_id), timer_id, payload)
         assert good.reschedule(delay=0.05)
     fine.schedule("after", delay=0.3)
     wait_until(lambda: len(app.dead_letters()) == 2 and ran == ["after"])

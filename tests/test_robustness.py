@@ -32,6 +32,7 @@ def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) 
     def job() -> None: ...
 
     async def scenario() -> None:
+        app._run(app.store.layout())  # before the engine's first key: a new namespace's layout
         io = AsyncRunner.from_url(server.url, {})
         first, second = Engine(io, app.keys, "first"), Engine(io, app.keys, "second")
         await first.run(first.ensure_group())
@@ -65,6 +66,7 @@ def test_heartbeat_tells_a_takeover_from_an_outcome_recorded_meanwhile(
         release.wait(10)
 
     async def scenario() -> None:
+        app._run(app.store.layout())  # before the engine's first key: a new namespace's layout
         io = AsyncRunner.from_url(server.url, {})
         engine = Engine(io, app.keys, "first")
         executor = Executor(engine, WorkerSettings(), lambda name: find_task(app, name),
@@ -140,7 +142,7 @@ def test_cancel_removes_a_timer_awaiting_repair(app: Delayq, rclient: redis.Redi
     timer = job.schedule(delay=60)
     rclient.zrem(app.keys.index, timer.id)  # the index entry is lost
     assert timer.cancel() is True
-    assert not rclient.exists(app.keys.data(timer.id))
+    assert not rclient.hexists(app.keys.data(timer.id), timer.id)
 
 
 def test_refused_at_schedule_time_not_at_run_time(app: Delayq) -> None:

@@ -96,7 +96,7 @@ def test_timers_spread_over_shards_and_every_call_finds_them(
     layout = Layout.of(app.namespace, 4)
     per_shard = [rclient.zcard(k.index) for k in layout.shards]
     assert sum(per_shard) == 400 and min(per_shard) > 60, per_shard
-    assert rclient.get(meta_key(app.namespace)) == b"4"
+    assert rclient.get(meta_key(app.namespace)) == b"4:4096"
     assert app.pending_count() == 400
     found = app.timer("t7")
     assert found is not None and found.payload.args == (7,)
@@ -145,8 +145,10 @@ def test_a_namespace_from_before_shard_counts_stays_one_shard(
     server: EmbeddedServer, rclient: redis.Redis
 ) -> None:
     namespace = "o" + uuid.uuid4().hex[:10]
+    rclient.set(meta_key(namespace), "1")  # the layout of before buckets: a key per payload
     with Delayq(server.url, namespace=namespace) as old:
         old.task(name="note")(lambda n: None).schedule(1, delay=HOUR, id="old")
+    assert rclient.exists(old.keys.data_prefix + "old")
     rclient.delete(meta_key(namespace))  # as a namespace written before the count was kept
     with Delayq(server.url, namespace=namespace, shards=None) as app:
         assert app.timer("old") is not None

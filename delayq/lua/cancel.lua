@@ -2,7 +2,7 @@
 -- cancel.lua: disarm a pending (or paused) timer so that it never fires.
 --
 -- KEYS[1]  shadow key
--- KEYS[2]  data key
+-- KEYS[2]  payload bucket
 -- KEYS[3]  items list
 -- KEYS[4]  due index
 -- KEYS[5]  paused hash
@@ -14,7 +14,7 @@
 -- before). A job already running is not touched.
 local indexed = redis.call('ZREM', KEYS[4], ARGV[1])
 local paused = redis.call('HDEL', KEYS[5], ARGV[1])
-local data = redis.call('DEL', KEYS[2])
+local data = payload_del(KEYS[2], ARGV[1])
 if indexed + paused + data == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('HDEL', KEYS[6], ARGV[1])

@@ -2,7 +2,7 @@
 -- control.lua: change a pending timer's deadline: reschedule, restart, extend, pause, resume.
 --
 -- KEYS[1]  shadow key       value = the armed duration in ms
--- KEYS[2]  data key
+-- KEYS[2]  payload bucket (unused: the payload stays as it is)
 -- KEYS[3]  due index
 -- KEYS[4]  paused hash      timer id -> "remaining_ms:duration_ms"
 -- ARGV[1]  timer id

@@ -9,7 +9,7 @@
 -- KEYS[3]          stats hash (counters)
 -- KEYS[4]          first-touch hash (debounced timers with max_wait)
 -- KEYS[5 + 3i]     shadow key of the i-th timer (i from 0)
--- KEYS[6 + 3i]     data key of the i-th timer
+-- KEYS[6 + 3i]     payload bucket of the i-th timer (prelude: payload_*)
 -- KEYS[7 + 3i]     items list of the i-th timer (debounced, payload="all")
 -- ARGV[i + 1]      id of the i-th timer
 --
@@ -30,9 +30,9 @@ for i = 1, #ARGV do
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[4], id)
     redis.call('DEL', shadow)
-    local payload = redis.call('GET', data)
+    local payload = payload_get(data, id)
     if payload then
-      redis.call('DEL', data)
+      payload_del(data, id)
       local items = redis.call('LRANGE', list, 0, -1)
       if #items > 0 then
         redis.call('DEL', list)

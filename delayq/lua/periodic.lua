@@ -6,10 +6,10 @@
 --          armed_at (when it was armed, server ms), last_run (tick of the last run, ms),
 --          last_run_at (when it started, ms)
 -- KEYS[2]  shadow key of the new tick's timer
--- KEYS[3]  data key of the new tick's timer
+-- KEYS[3]  payload bucket of the new tick's timer
 -- KEYS[4]  due index
 -- KEYS[5]  shadow key of the tick to cancel ("" slot if none)
--- KEYS[6]  data key of the tick to cancel
+-- KEYS[6]  payload bucket of the tick to cancel
 -- KEYS[7]  paused hash (a paused tick to cancel leaves it too)
 -- ARGV[1]  expected sig ("" = no state yet)
 -- ARGV[2]  expected armed tick ("" = none)
@@ -30,7 +30,8 @@ if sig ~= ARGV[1] or armed ~= ARGV[2] then return -1 end
 if ARGV[9] ~= '' then
   redis.call('ZREM', KEYS[4], ARGV[9])
   redis.call('HDEL', KEYS[7], ARGV[9])
-  redis.call('DEL', KEYS[5], KEYS[6])
+  redis.call('DEL', KEYS[5])
+  payload_del(KEYS[6], ARGV[9])
 end
 if ARGV[3] == '' then
   redis.call('DEL', KEYS[1])
@@ -42,7 +43,7 @@ if sig == ARGV[3] and armed ~= '' and tick <= tonumber(armed) then return 0 end
 
 local now = server_now()
 local due = tonumber(ARGV[5])
-redis.call('SET', KEYS[3], ARGV[7])
+payload_set(KEYS[3], ARGV[6], ARGV[7])
 arm(KEYS[2], KEYS[4], ARGV[6], due, math.max(due - now, 1), now, ARGV[8])
 redis.call('HSET', KEYS[1], 'sig', ARGV[3], 'armed', ARGV[4], 'armed_at', now)
 return 1

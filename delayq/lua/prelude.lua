@@ -1,6 +1,6 @@
 -- prelude.lua: code the scripts share, placed after each script's #!lua line (see _scripts.py).
--- Its names (GRACE, server_now, earliest, place, arm, settle) are the scripts' own: they
--- never copy it.
+-- Its names (GRACE, server_now, earliest, place, arm, settle, payload_*) are the scripts'
+-- own: they never copy it.
 --
 -- A shadow key outlives its deadline by GRACE ms (SHADOW_GRACE_MS in _keys.py): a timer
 -- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
@@ -47,3 +47,52 @@ local function settle(stream, group, entry, consumer)
   return true
 end
 
+
+-- A timer's payload is the field `id` of a bucket hash `ref` (`dq:{tag}:b:<n>`, Keys.data),
+-- since a field costs far less memory than a key; in a namespace created before buckets,
+-- `ref` is the timer's own key (`dq:{tag}:d:<id>`). Scripts reach payloads only through these.
+local function bucketed(ref)
+  return string.find(ref, '}:b:', 1, true) ~= nil
+end
+
+local function payload_get(ref, id)
+  if bucketed(ref) then return redis.call('HGET', ref, id) end
+  return redis.call('GET', ref)
+end
+
+local function payload_set(ref, id, value)
+  if bucketed(ref) then
+    redis.call('HSET', ref, id, value)
+  else
+    redis.call('SET', ref, value)
+  end
+end
+
+-- Stores `value` unless the timer has a payload; returns the payload it had, or false.
+local function payload_add(ref, id, value)
+  if not bucketed(ref) then return redis.call('SET', ref, value, 'NX', 'GET') end
+  local had = redis.call('HGET', ref, id)
+  if not had then redis.call('HSET', ref, id, value) end
+  return had
+end
+
+-- Returns 1 if there was a payload to delete, else 0.
+local function payload_del(ref, id)
+  if bucketed(ref) then return redis.call('HDEL', ref, id) end
+  return redis.call('DEL', ref)
+end
+
+local function payload_exists(ref, id)
+  if bucketed(ref) then return redis.call('HEXISTS', ref, id) == 1 end
+  return redis.call('EXISTS', ref) == 1
+end
+
+-- Moves an existing payload from timer `id` to timer `to_id`.
+local function payload_move(ref, id, to_ref, to_id)
+  if not bucketed(ref) then
+    redis.call('RENAME', ref, to_ref)
+    return
+  end
+  redis.call('HSET', to_ref, to_id, redis.call('HGET', ref, id))
+  redis.call('HDEL', ref, id)
+end

@@ -3,7 +3,7 @@
 --
 -- KEYS[1]  dead-letter stream
 -- KEYS[2]  shadow key
--- KEYS[3]  data key
+-- KEYS[3]  payload bucket
 -- KEYS[4]  due index
 -- KEYS[5]  items list
 -- ARGV[1]  dead-letter entry id
@@ -15,10 +15,10 @@
 -- Returns 1 when re-armed, 0 when the entry is gone, -1 when a timer with this id is pending
 -- (the dead letter is then left in place).
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if payload_exists(KEYS[3], ARGV[2]) then return -1 end
 local now = server_now()
 redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[3], ARGV[3])
+payload_set(KEYS[3], ARGV[2], ARGV[3])
 arm(KEYS[2], KEYS[4], ARGV[2], now, 1, now, ARGV[4])
 if ARGV[5] ~= '' then
   redis.call('DEL', KEYS[5])

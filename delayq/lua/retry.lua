@@ -4,12 +4,12 @@
 -- a worker whose job was meanwhile taken over by another (XPENDING names the owner) may not.
 --
 -- KEYS[1]  shadow key of the timer id
--- KEYS[2]  data key of the timer id
+-- KEYS[2]  payload bucket of the timer id
 -- KEYS[3]  due index
 -- KEYS[4]  ready stream
 -- KEYS[5]  stats hash
 -- KEYS[6]  shadow key of the fallback id
--- KEYS[7]  data key of the fallback id
+-- KEYS[7]  payload bucket of the fallback id
 -- KEYS[8]  items list of the timer id
 -- KEYS[9]  items list of the fallback id
 -- ARGV[1]  consumer group name
@@ -26,7 +26,7 @@
 -- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
 if not settle(KEYS[4], ARGV[1], ARGV[2], ARGV[9]) then return {-1, ''} end
 local id, shadow, data, list = ARGV[3], KEYS[1], KEYS[2], KEYS[8]
-if redis.call('EXISTS', data) == 1 then
+if payload_exists(data, id) then
   id, shadow, data, list = ARGV[7], KEYS[6], KEYS[7], KEYS[9]
 end
 if ARGV[8] ~= '' then
@@ -37,7 +37,7 @@ local now = server_now()
 local delay = tonumber(ARGV[5])
 if delay < 1 then delay = 1 end
 local due = now + delay
-redis.call('SET', data, ARGV[4])
+payload_set(data, id, ARGV[4])
 arm(shadow, KEYS[3], id, due, delay, now, ARGV[6])
 redis.call('HINCRBY', KEYS[5], 'retried', 1)
 return {due, id}

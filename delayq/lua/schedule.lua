@@ -1,5 +1,5 @@
 #!lua
--- schedule.lua: arm timers (each a shadow key + data key + due-index entry), atomically and
+-- schedule.lua: arm timers (each a shadow key + payload + due-index entry), atomically and
 -- in order: a timer whose id an earlier one of the same call took finds it pending.
 --
 -- KEYS[1]  due index         sorted set, member = timer id, score = due time (ms, server clock)
@@ -7,7 +7,7 @@
 -- KEYS[1+2i], KEYS[2+2i] for timer i = 1..n:
 --          shadow key        value = the armed duration in ms (for restart),
 --                            PX = time left + grace
---          data key          the msgpack payload
+--          payload bucket    holds the msgpack payload (prelude: payload_*)
 -- ARGV[1]  wake channel: published to when one of these timers becomes the earliest pending
 -- ARGV[5i-3 .. 5i+1] for timer i = 1..n:
 --          timer id
@@ -32,9 +32,9 @@ for i = 1, (#KEYS - 2) / 2 do
   -- in the same command.
   local existing
   if ARGV[a + 4] == '1' then
-    redis.call('SET', data, ARGV[a + 1])
+    payload_set(data, id, ARGV[a + 1])
   else
-    existing = redis.call('SET', data, ARGV[a + 1], 'NX', 'GET')
+    existing = payload_add(data, id, ARGV[a + 1])
   end
   if existing then
     local score = redis.call('ZSCORE', KEYS[1], id)

@@ -10,10 +10,10 @@
 -- KEYS[3]  paused hash       a paused cycle is resumed by a touch
 -- KEYS[5i-1 .. 5i+3] for touch i = 1..n:
 --          shadow key        value = `seconds` in ms, PX = time left + grace
---          data key          the payload ("last": newest touch, "first": first touch,
+--          payload bucket    the payload ("last": newest touch, "first": first touch,
 --                            "all": the call's task, the touches are in the items list)
 --          items list        "all" only: one msgpack item per touch, newest last
---          data key of the retired cycle (see below)
+--          payload bucket of the retired cycle (see below)
 --          items list of the retired cycle
 -- ARGV[1]  wake channel
 -- ARGV[8i-6 .. 8i+1] for touch i = 1..n:
@@ -44,13 +44,13 @@ local nudge = math.huge  -- the earliest deadline to publish on the wake channel
 -- it would fire nothing. Returns whether a cycle of `id` is still pending.
 local function pending_cycle(id, data, items, retired_data, retired_items, retired)
   local score = redis.call('ZSCORE', index, id)
-  if score and redis.call('EXISTS', data) == 0 then
+  if score and not payload_exists(data, id) then
     redis.call('ZREM', index, id)
     redis.call('DEL', items)
     redis.call('HDEL', firsts, id)
     score = false
   elseif score and tonumber(score) <= now then
-    redis.call('RENAME', data, retired_data)
+    payload_move(data, id, retired_data, retired)
     if redis.call('EXISTS', items) == 1 then redis.call('RENAME', items, retired_items) end
     redis.call('ZREM', index, id)
     redis.call('ZADD', index, score, retired)
@@ -81,9 +81,9 @@ for i = 1, (#KEYS - 3) / 5 do
       end
       if due > first + max_wait then due = first + max_wait end
     end
-    if mode == 'last' then redis.call('SET', data, ARGV[a + 1]) end
+    if mode == 'last' then payload_set(data, id, ARGV[a + 1]) end
   else
-    redis.call('SET', data, ARGV[a + 1])
+    payload_set(data, id, ARGV[a + 1])
     redis.call('DEL', items)
     if max_wait > 0 then redis.call('HSET', firsts, id, now) end
   end

@@ -8,7 +8,7 @@
 -- KEYS[4]        stats hash
 -- KEYS[5]        paused hash (watch timers are never paused; old entries are dropped)
 -- KEYS[5 + 3i - 2]  the i-th target's watched key (written by other programs)
--- KEYS[5 + 3i - 1]  data key of its watch timer
+-- KEYS[5 + 3i - 1]  payload bucket of its watch timer
 -- KEYS[5 + 3i]      its companion data key ("" slot name if none)
 -- ARGV[1]        the leader's token
 -- ARGV[1 + 4i - 3]  the i-th target's operation, one of:
@@ -41,10 +41,10 @@ local function follow(watched, data, id, payload, keep_due)
   if keep_due and score and tonumber(score) <= now then return end
   if left == -1 then
     redis.call('ZREM', index, id)
-    redis.call('DEL', data)
+    payload_del(data, id)
     return
   end
-  redis.call('SET', data, payload)
+  payload_set(data, id, payload)
   redis.call('ZADD', index, now + math.max(left, 1), id)
 end
 
@@ -52,9 +52,9 @@ local function fire(data, companion, id, payload)
   local score = redis.call('ZSCORE', index, id)
   local due = now
   if score and tonumber(score) < now then due = tonumber(score) end
-  payload = redis.call('GET', data) or payload
+  payload = payload_get(data, id) or payload
   redis.call('ZREM', index, id)
-  redis.call('DEL', data)
+  payload_del(data, id)
   local value = false
   -- A companion of another type than string is passed as absent, not as an error that
   -- would abort the script halfway.
@@ -77,7 +77,7 @@ for i = 1, (#ARGV - 1) / 4 do
     follow(watched, data, id, payload, op == 'scan')
   elseif op == 'gone' then
     redis.call('ZREM', index, id)
-    redis.call('DEL', data)
+    payload_del(data, id)
   elseif op == 'expired' then
     fire(data, companion, id, payload)
   elseif op == 'observe' then

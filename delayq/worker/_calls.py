@@ -354,13 +354,18 @@ class WorkerCalls:
 
     # -- sweeping -----------------------------------------------------------------------------
 
-    def scan_data_ids(self, cursor: int, count: int) -> Call[tuple[int, list[str]]]:
-        def decode(reply: Any) -> tuple[int, list[str]]:
-            ids = [self.keys.id_from_data(n.decode("utf-8", "replace")) for n in reply[1]]
-            return int(reply[0]), [i for i in ids if i]
-
-        return command("SCAN", cursor, "MATCH", self.keys.data_pattern(), "COUNT", count,
-                       decode=decode)  # fmt: skip
+    def scan_data_ids(self, cursor: int, count: int) -> Flow[tuple[int, list[str]]]:
+        """One SCAN step over the keys holding payloads: the next cursor, and the ids of the
+        payloads found (a bucket's are its fields)."""
+        k = self.keys
+        reply = yield command("SCAN", cursor, "MATCH", k.data_pattern(), "COUNT", count)
+        names = [n.decode("utf-8", "replace") for n in reply[1]]
+        if k.buckets:
+            fields = yield Batch([command("HKEYS", name) for name in names])
+            ids = [f.decode("utf-8", "replace") for found in fields for f in found]
+        else:
+            ids = [i for i in map(k.id_from_data, names) if i]
+        return int(reply[0]), ids
 
     def unindexed(self, ids: list[str]) -> Flow[list[str]]:
         """Of these data-key ids, those without a due-index entry (candidates for repair)."""

@@ -76,8 +76,11 @@ class Sweeper:
         cursor = 0
         while True:
             cursor, ids = await self.engine.run(self.engine.scan_data_ids(cursor, SCAN_COUNT))
-            if ids:
-                suspects = await self.engine.run(self.engine.unindexed(ids))
+            # A step finds a bucket's every id: thousands, when few other keys share the shard.
+            for start in range(0, len(ids), SCAN_COUNT):
+                suspects = await self.engine.run(
+                    self.engine.unindexed(ids[start : start + SCAN_COUNT])
+                )
                 if suspects:
                     repaired += await self.engine.run(self.engine.repair(suspects))
             if cursor == 0:

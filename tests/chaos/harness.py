@@ -21,6 +21,7 @@ import redis
 from delayq import Delayq, EmbeddedServer, ServerOutOfMemory
 from delayq.testing import WorkerProcess, percentile
 from tests.chaos.app import DEBOUNCE_S, declare
+from tests.conftest import payload_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 # Errors a producer meets while the server restarts, freezes or is full: the operation is
@@ -239,11 +240,7 @@ class Chaos:
 
     def leftovers(self) -> dict[str, int]:
         k = self.producer.keys
-        data = [
-            name
-            for name in self.client.scan_iter(k.data_pattern(), 1000)
-            if not name.decode()[len(k.data_prefix) :].startswith("~")  # periodic ticks
-        ]
+        data = [i for i in payload_ids(self.client, k) if not i.startswith("~")]  # not ticks
         pending = 0
         if self.client.exists(k.ready):
             pending = int(self.client.xpending(k.ready, "workers")["pending"])
