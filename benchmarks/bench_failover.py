@@ -19,6 +19,7 @@ Run from the repository root (a few minutes; ``--rounds`` and ``--timers`` for o
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import threading
@@ -135,6 +136,8 @@ def main() -> int:
     parser.add_argument("--timers", type=int, default=2000)
     parser.add_argument("--spread", type=float, default=8.0, help="seconds the timers span")
     args = parser.parse_args()
+    # Each shard's listener warns at every reconnect attempt while its node is down.
+    logging.getLogger("delayq").setLevel(logging.ERROR)
 
     def run(url: str, workdir: Path) -> Iterator[Row]:
         with redis.Redis.from_url(url) as client:
