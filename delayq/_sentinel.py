@@ -108,6 +108,7 @@ def parse_target(url: str, options: Mapping[str, Any]) -> SentinelTarget:
     if db is not None:
         from_url["db"] = db
     connection = {**options, **from_url}
+    _check_options(connection, shown)
     sentinel = {name: connection.pop(option) for option, name in SENTINEL_OPTIONS.items()
                 if option in connection}  # fmt: skip
     unknown = sorted(k for k in connection if k.startswith("sentinel"))
@@ -121,6 +122,20 @@ def parse_target(url: str, options: Mapping[str, Any]) -> SentinelTarget:
         if name.startswith("socket_"):
             sentinel.setdefault(name, value)
     return SentinelTarget(sentinels, service, connection, sentinel)
+
+
+def _check_options(connection: dict[str, Any], shown: str) -> None:
+    placed = sorted(k for k in ("host", "port", "unix_socket_path", "connection_pool")
+                    if k in connection)  # fmt: skip
+    if placed:
+        raise ConfigurationError(
+            f"{shown}: {', '.join(placed)} cannot be set with Sentinel: the sentinels say where "
+            "the primary is"
+        )
+    if any(k == "ssl" or k.startswith("ssl_") for k in connection):
+        raise ConfigurationError(
+            f"{shown}: TLS through Sentinel (ssl options) is not supported yet"
+        )
 
 
 def _address(text: str, shown: str) -> Address:

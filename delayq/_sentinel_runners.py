@@ -57,6 +57,10 @@ _LOST = (ConnectionLost, ReplyTimeout, OSError)
 # subscriptions ask; a subscription checks that often that its node is still the primary.
 FOLLOW_EVERY_S = 1.0
 CHECK_EVERY_S = 2.0
+# Calls ask the sentinels where the primary is at most this often: after a plain SENTINEL
+# FAILOVER the old primary takes writes (lost when it is demoted) until the sentinels turn it
+# into a replica, seconds after they named the new one.
+ASK_EVERY_S = 1.0
 
 
 class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -65,6 +69,14 @@ class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.Blockin
 
 class _AsyncBlockingSentinelPool(asentinel.SentinelConnectionPool, aredis.BlockingConnectionPool):
     """``_BlockingSentinelPool`` for asyncio."""
+
+    async def release(self, connection: Any) -> None:
+        # A connection in use when the sentinels named a new primary still goes to the old
+        # one: closed now, it connects to the new one when next used (the synchronous pool
+        # does this; redis-py's asyncio pool does not).
+        if self.master_address not in (None, (connection.host, connection.port)):
+            await connection.disconnect()
+        await super().release(connection)
 
 
 def _script_loads(names: set[str]) -> list[Call[Any]]:
@@ -97,6 +109,7 @@ class SyncSentinelRunner(SyncRunner):
             self.sentinel.master_for(target.service_name, connection_pool_class=pool_class)
         )
         self._pool: _BlockingSentinelPool = self.client.connection_pool  # type: ignore[assignment]
+        self._asked_at = time.monotonic()
 
     def close(self) -> None:
         self.client.close()
@@ -111,6 +124,8 @@ class SyncSentinelRunner(SyncRunner):
     def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
         if not calls:
             return []
+        if time.monotonic() - self._asked_at >= ASK_EVERY_S:
+            self._rediscover()
         flow = _Driven(through_failover(calls, transaction))
         while (step := flow.next_step()) is not None:
             if isinstance(step, Rediscover):
@@ -154,7 +169,9 @@ class SyncSentinelRunner(SyncRunner):
         return replies
 
     def _rediscover(self) -> None:
-        # A new address closes the idle connections to the old one.
+        # A new address closes the idle connections to the old one (the others as they are
+        # given back).
+        self._asked_at = time.monotonic()
         with contextlib.suppress(*_LOST):
             self._pool.get_master_address()  # type: ignore[no-untyped-call]
 
@@ -175,6 +192,7 @@ class AsyncSentinelRunner(AsyncRunner):
             self.sentinel.master_for(target.service_name, connection_pool_class=pool_class)
         )
         self._pool: _AsyncBlockingSentinelPool = self.client.connection_pool  # type: ignore[assignment]
+        self._asked_at = time.monotonic()
         self.primary: Address = ("", 0)
         self.replicas: tuple[Address, ...] = ()
         self._nodes: dict[Address, AsyncRunner] = {}
@@ -235,6 +253,8 @@ class AsyncSentinelRunner(AsyncRunner):
     async def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
         if not calls:
             return []
+        if time.monotonic() - self._asked_at >= ASK_EVERY_S:
+            await self._rediscover()
         flow = _Driven(through_failover(calls, transaction))
         while (step := flow.next_step()) is not None:
             if isinstance(step, Rediscover):
@@ -277,6 +297,7 @@ class AsyncSentinelRunner(AsyncRunner):
         return replies
 
     async def _rediscover(self) -> None:
+        self._asked_at = time.monotonic()
         with contextlib.suppress(*_LOST):
             await self._pool.get_master_address()  # type: ignore[no-untyped-call]
 

@@ -38,7 +38,7 @@ def query(process: EmbeddedServer, *args: Any) -> Any:
         io.close()
 
 
-def _fields(reply: Any) -> dict[str, Any]:
+def fields(reply: Any) -> dict[str, Any]:
     """A reply of field names and values (a flat list in RESP2, a map in RESP3) as a dict."""
     if isinstance(reply, dict):
         return reply
@@ -52,6 +52,7 @@ class SentinelProcess(EmbeddedServer):
         super().__init__(port=port, data_dir=data_dir)
         self.config_path = data_dir / "sentinel.conf"
         self.config = config
+        self._written = False
 
     def __repr__(self) -> str:
         return f"sentinel 127.0.0.1:{self.port}"
@@ -62,8 +63,9 @@ class SentinelProcess(EmbeddedServer):
     def start(self, timeout: float = 15.0) -> None:
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.config_path.exists():  # started again, it keeps what it had learned
+        if not self._written:  # started again, it keeps what it had learned
             self.config_path.write_text("\n".join(self.config) + "\n")
+            self._written = True
         super().start(timeout)
 
     def _ready(self, io: SyncRunner) -> bool:
@@ -256,8 +258,13 @@ class LocalSentinel:
         return [s for s in self._started() if s.pid is not None]
 
     def _named_by(self, sentinel: SentinelProcess) -> int:
-        """The port of the primary ``sentinel`` names."""
-        return int(query(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service_name)[1])
+        """The port of the primary ``sentinel`` names to clients (``SENTINEL MASTER``, as
+        redis-py reads it; GET-MASTER-ADDR-BY-NAME names the promoted replica earlier, while
+        the failover still reconfigures the other replicas)."""
+        return int(self._master_state(sentinel)["port"])
+
+    def _master_state(self, sentinel: SentinelProcess) -> dict[str, Any]:
+        return fields(query(sentinel, "SENTINEL", "MASTER", self.service_name))
 
     def _server_on(self, port: int) -> EmbeddedServer:
         return next(s for s in self._servers if s.port == port)
@@ -295,13 +302,13 @@ class LocalSentinel:
         return None
 
     def _sentinel_problem(self, sentinel: SentinelProcess) -> str | None:
-        master = _fields(query(sentinel, "SENTINEL", "MASTER", self.service_name))
+        master = self._master_state(sentinel)
         if master["flags"] != "master":
             return f"{sentinel} flags the primary {master['flags']}"
         others = len(self._live_sentinels()) - 1
         if int(master["num-other-sentinels"]) != others:
             return f"{sentinel} knows {master['num-other-sentinels']} other sentinels, not {others}"
-        listed = {int(r["port"]): r for r in map(_fields, query(
+        listed = {int(r["port"]): r for r in map(fields, query(
             sentinel, "SENTINEL", "REPLICAS", self.service_name))}  # fmt: skip
         for replica in self._live_replicas(self._server_on(int(master["port"]))):
             entry = listed.get(replica.port or 0)
