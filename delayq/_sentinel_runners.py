@@ -110,6 +110,7 @@ class SyncSentinelRunner(SyncRunner):
         )
         self._pool: _BlockingSentinelPool = self.client.connection_pool  # type: ignore[assignment]
         self._asked_at = time.monotonic()
+        self._found = False
 
     def close(self) -> None:
         self.client.close()
@@ -124,7 +125,13 @@ class SyncSentinelRunner(SyncRunner):
     def _send(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
         if not calls:
             return []
-        if time.monotonic() - self._asked_at >= ASK_EVERY_S:
+        if not self._found:
+            # Once, without waiting: no sentinel answering, or none knowing the service, is a
+            # mistake to report now, not a failover to wait out (the asyncio runner's first
+            # refresh does the same).
+            self._pool.get_master_address()  # type: ignore[no-untyped-call]
+            self._found = True
+        elif time.monotonic() - self._asked_at >= ASK_EVERY_S:
             self._rediscover()
         flow = _Driven(through_failover(calls, transaction))
         while (step := flow.next_step()) is not None:

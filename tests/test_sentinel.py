@@ -4,6 +4,7 @@ target, calls sent again through a failover, and a producer and a worker on a re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -347,6 +348,14 @@ def test_cli_server_sentinel_serves_a_deployment_until_interrupted(tmp_path: Pat
         assert app.pending_count() == 1
         assert LazyRedis(app)().exists(app.keys.index) == 1  # the testing helpers connect too
         app.close()
+        # A service the sentinels do not know is reported at once, not waited for as a failover.
+        unknown = Delayq(url().replace("/mymaster", "/other"), namespace="cli")
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match="No master found for 'other'"):
+            unknown.connect()
+        with pytest.raises(ConnectionLost, match="No master found for 'other'"):
+            asyncio.run(unknown.aconnect())
+        assert time.monotonic() - started < 10
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
