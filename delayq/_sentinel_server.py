@@ -45,6 +45,14 @@ def fields(reply: Any) -> dict[str, Any]:
     return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
+def _free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:  # the system may offer a port it offered a moment ago
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 class SentinelProcess(EmbeddedServer):
     """valkey-server in sentinel mode; its configuration file lives in ``data_dir``."""
 
@@ -87,7 +95,8 @@ class LocalSentinel:
         failover_timeout_ms: int = 5000,
     ) -> None:
         if replicas < 0 or sentinels < 1:
-            raise ConfigurationError("a Sentinel deployment needs at least 1 sentinel")
+            raise ConfigurationError("a Sentinel deployment needs 0 or more replicas and 1 or "
+                                     "more sentinels")  # fmt: skip
         self.replica_count = replicas
         self.sentinel_count = sentinels
         self.service_name = service_name
@@ -125,12 +134,14 @@ class LocalSentinel:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the servers, then the sentinels; return once every sentinel knows the others
-        and sees each replica linked to the primary."""
-        if self._servers:
+        and sees each replica linked to the primary. Started again after ``stop()``, each
+        process comes back on its port, and each sentinel with what it had learned."""
+        if any(p.pid is not None for p in (*self._servers, *self._sentinels)):
             raise RuntimeError("the deployment is already running")
         deadline = time.monotonic() + timeout
         try:
-            self._servers, self._sentinels = self._make()
+            if not self._servers:
+                self._servers, self._sentinels = self._make()
             for process in (*self._servers, *self._sentinels):
                 process.start(timeout=max(deadline - time.monotonic(), 1.0))
             self._wait(self._unsettled, deadline, "the Sentinel deployment did not become ready")
@@ -226,19 +237,19 @@ class LocalSentinel:
         if self.data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="delayq-sentinel-")
             self.data_dir = Path(self._tmp.name)
-        ports = [free_port() for _ in range(1 + self.replica_count)]
+        ports = _free_ports(1 + self.replica_count + self.sentinel_count)
         # A replica's first sync would otherwise wait 5 s for more replicas to join it.
         common = ("--repl-diskless-sync-delay", "0")
         servers = [
             EmbeddedServer(port=port, data_dir=self.data_dir / f"server-{i}",
                            extra_args=(*common, *(("--replicaof", "127.0.0.1", str(ports[0]))
                                                   if i else ())))
-            for i, port in enumerate(ports)
+            for i, port in enumerate(ports[: 1 + self.replica_count])
         ]  # fmt: skip
         name, quorum = self.service_name, self.sentinel_count // 2 + 1
         sentinels = []
-        for i in range(self.sentinel_count):
-            port, where = free_port(), self.data_dir / f"sentinel-{i}"
+        for i, port in enumerate(ports[1 + self.replica_count :]):
+            where = self.data_dir / f"sentinel-{i}"
             config = [
                 f"port {port}", "bind 127.0.0.1", f"dir {where}",
                 f"sentinel monitor {name} 127.0.0.1 {ports[0]} {quorum}",
