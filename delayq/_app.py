@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,6 +22,7 @@ from delayq._layout import check_shards
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._producer import Producer
 from delayq._runners import AsyncRunner, SyncRunner
+from delayq._sentinel import is_sentinel_url, parse_target, sentinel_url
 from delayq._sharded import ShardedStore
 from delayq._task import Task
 from delayq._watch import Watcher, WatchSpec
@@ -37,6 +38,22 @@ DEFAULT_MAX_PAYLOAD = 512 * 1024
 # Letters hold whole payloads (up to max_payload_bytes each) and tracebacks: bound the bytes
 # too, or 100,000 letters of 512 KiB would take tens of GB of the server's memory.
 DEFAULT_DEAD_LETTER_BYTES = 64 * 1024 * 1024
+
+
+def _chosen_url(url: str | None, sentinels: Any, service_name: Any) -> str:
+    if sentinels is None and service_name is None:
+        return url or os.environ.get("DELAYQ_URL") or DEFAULT_URL
+    if url is not None:
+        raise ConfigurationError("give either a URL or sentinels= and service_name=, not both")
+    if sentinels is None:
+        raise ConfigurationError("service_name= needs sentinels=, the sentinels' (host, port)")
+    return sentinel_url(sentinels, service_name)
+
+
+def _check_url(url: str, options: dict[str, Any]) -> None:
+    """A Sentinel URL is read now, so that a mistake in it is raised at construction."""
+    if is_sentinel_url(url):
+        parse_target(url, options)
 
 
 class TaskRegistry:
@@ -78,11 +95,16 @@ class Delayq(Producer):
         dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
         redis_options: dict[str, Any] | None = None,
         shards: int | None = None,
+        sentinels: Iterable[tuple[str, int]] | None = None,
+        service_name: str | None = None,
     ) -> None:
         """``shards``: how many hash slots a new namespace is spread over (default: 1 on one
         server, 16 on a cluster); an existing namespace keeps the count it was created with,
-        and asking for another is an error."""
-        self.url = url or os.environ.get("DELAYQ_URL") or DEFAULT_URL
+        and asking for another is an error.
+
+        ``sentinels`` and ``service_name``: reach the primary through Redis Sentinel, as a
+        ``redis+sentinel://`` URL would (``url`` is then the one built from them)."""
+        self.url = _chosen_url(url, sentinels, service_name)
         if namespace is None:
             namespace = os.environ.get("DELAYQ_NAMESPACE") or "default"
         self.keys = Keys(namespace)
@@ -102,6 +124,7 @@ class Delayq(Producer):
             raise ConfigurationError(
                 "redis_options may not set decode_responses: payloads are bytes"
             )
+        _check_url(self.url, self.redis_options)
         self.tasks = TaskRegistry()
         self.watchers: dict[str, Watcher[Any, Any]] = {}
         self.periodics: dict[str, Periodic[Any, Any]] = {}
@@ -123,6 +146,7 @@ class Delayq(Producer):
         if self._sync is not None or self._async is not None:
             raise ConfigurationError("cannot change url or namespace after the app connected")
         if url:
+            _check_url(url, self.redis_options)
             self.url = url
         if namespace is not None:
             self.keys = Keys(namespace)

@@ -21,6 +21,8 @@ from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Call
 from delayq._runners import AsyncRunner, SyncRunner, _direct_path, _Driven, _raised
+from delayq._sentinel import is_sentinel_url
+from delayq._sentinel_runners import async_sentinel_runner, sync_sentinel_runner
 from delayq._topology import (
     FAILOVER_WAIT_S,
     REROUTED,
@@ -278,7 +280,10 @@ def _read_replies(conn: Any, calls: list[Call[Any]], *, asking: bool) -> Any:
 
 
 def sync_runner(url: str, options: dict[str, Any]) -> SyncRunner:
-    """A runner for the server at ``url``: a cluster runner if it runs in cluster mode."""
+    """A runner for the server at ``url``: a cluster runner if it runs in cluster mode, one
+    that follows the primary the sentinels name for a ``redis+sentinel://`` URL."""
+    if is_sentinel_url(url):
+        return sync_sentinel_runner(url, options)
     plain = SyncRunner.from_url(url, options)
     if not plain.run(cluster_enabled()):
         return plain
@@ -292,6 +297,8 @@ def sync_runner(url: str, options: dict[str, Any]) -> SyncRunner:
 
 async def async_runner(url: str, options: dict[str, Any], *, retry: bool = True) -> AsyncRunner:
     """``sync_runner`` for asyncio."""
+    if is_sentinel_url(url):
+        return await async_sentinel_runner(url, options, retry=retry)
     plain = AsyncRunner.from_url(url, options, retry=retry)
     if not await plain.run(cluster_enabled()):
         return plain

@@ -113,9 +113,7 @@ class EmbeddedServer:
                         f"see {self.data_dir}/server.log"
                     )
                 try:
-                    # PING answers during AOF loading with an error; wait until data is loaded.
-                    info: dict[str, Any] = io.run(command("INFO", "persistence"))
-                    if info.get("loading") == 0:
+                    if self._ready(io):
                         return
                 except (RedisConnectionError, BusyLoadingError):
                     pass
@@ -124,6 +122,11 @@ class EmbeddedServer:
                 time.sleep(0.02)
         finally:
             io.close()
+
+    def _ready(self, io: SyncRunner) -> bool:
+        # PING answers during AOF loading with an error; wait until data is loaded.
+        info: dict[str, Any] = io.run(command("INFO", "persistence"))
+        return info.get("loading") == 0
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server: SIGTERM (data saved as configured) or SIGKILL (a crash)."""

@@ -22,6 +22,8 @@ from delayq._connection import redact_url, tls_failure
 from delayq._defaults import set_default_app
 from delayq._errors import DelayqError, TimerPaused
 from delayq._schedules import load_zone
+from delayq._sentinel import is_sentinel_url, parse_target
+from delayq._sentinel_server import LocalSentinel
 from delayq._server import EmbeddedServer
 from delayq._store import try_decode
 from delayq._timer import Timer
@@ -152,18 +154,30 @@ def server(
         int, typer.Option("--cluster", min=0, help="run a cluster of this many primaries")
     ] = 0,
     replicas: Annotated[
-        int | None, typer.Option(min=0, help="replicas per primary, with --cluster [default: 1]")
+        int | None,
+        typer.Option(min=0, help="replicas per primary, with --cluster or --sentinel [default: 1]"),
     ] = None,
+    sentinel: Annotated[
+        bool,
+        typer.Option("--sentinel", help="run a primary, its replicas and 3 sentinels (free ports)"),
+    ] = False,
 ) -> None:
     """Run the bundled Valkey server with notifications and AOF on, until Ctrl-C."""
-    if replicas is not None and not cluster:
-        raise typer.BadParameter("--replicas needs --cluster", param_hint="--replicas")
+    if replicas is not None and not (cluster or sentinel):
+        raise typer.BadParameter(
+            "--replicas needs --cluster or --sentinel", param_hint="--replicas"
+        )
+    if cluster and sentinel:
+        raise typer.BadParameter("choose --cluster or --sentinel", param_hint="--sentinel")
     done = threading.Event()
     # Handlers go in before the server answers, so a Ctrl-C as soon as it is up stops it cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     if cluster:
         _serve_cluster(cluster, 1 if replicas is None else replicas, port, data_dir, done)
+        return
+    if sentinel:
+        _serve_sentinel(1 if replicas is None else replicas, data_dir, done)
         return
     embedded = EmbeddedServer(port=port, data_dir=data_dir)
     try:
@@ -187,6 +201,22 @@ def _serve_cluster(
         typer.echo(f"cluster of {primaries} primaries and {primaries * replicas} replicas ready "
                    f"(data in {where}); connect a cluster client to {local.url} (any node "
                    "works); Ctrl-C to stop")  # fmt: skip
+        done.wait()
+    finally:
+        local.stop()
+
+
+def _serve_sentinel(replicas: int, data_dir: Path, done: threading.Event) -> None:
+    where = data_dir / "sentinel"
+    local = LocalSentinel(replicas, 3, data_dir=where)
+    try:
+        local.start()
+        for i, node in enumerate(local.servers):
+            typer.echo(f"{'replica' if i else 'primary'} {node.url} (pid {node.pid})")
+        for watcher in local.sentinels:
+            typer.echo(f"sentinel 127.0.0.1:{watcher.port} (pid {watcher.pid})")
+        typer.echo(f"primary, {replicas} replica(s) and 3 sentinels ready (data in {where}); "
+                   f"connect to {local.url}; Ctrl-C to stop")  # fmt: skip
         done.wait()
     finally:
         local.stop()
@@ -389,7 +419,10 @@ def acl(
     """Print the ACL SETUSER command for a user with only what delayq needs (add >password)."""
     app = resolve_app(app_spec, None, namespace)
     watch = tuple((w.spec.pattern, w.spec.data) for w in app.watchers.values())
-    db = int(parse_url(app.url).get("db", 0) or 0)  # type: ignore[no-untyped-call]
+    if is_sentinel_url(app.url):
+        db = parse_target(app.url, app.redis_options).db
+    else:
+        db = int(parse_url(app.url).get("db", 0) or 0)  # type: ignore[no-untyped-call]
     typer.echo(" ".join(["ACL", "SETUSER", user, "on", *app.keys.acl_rules(db, watch)]))
 
 

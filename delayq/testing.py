@@ -30,6 +30,8 @@ import redis.asyncio as aredis
 from delayq import Delayq, EmbeddedServer
 from delayq._calls import command
 from delayq._runners import SyncRunner
+from delayq._sentinel import is_sentinel_url, parse_target
+from delayq._sentinel_runners import AsyncSentinelRunner, SyncSentinelRunner
 
 __all__ = [
     "BatchPusher",
@@ -211,6 +213,18 @@ def describe_host(client: redis.Redis) -> str:
     )
 
 
+def _client(app: Delayq) -> redis.Redis:
+    if is_sentinel_url(app.url):
+        return SyncSentinelRunner(parse_target(app.url, app.redis_options)).client
+    return redis.Redis.from_url(app.url)
+
+
+def _async_client(app: Delayq) -> aredis.Redis:
+    if is_sentinel_url(app.url):
+        return AsyncSentinelRunner(parse_target(app.url, app.redis_options)).client
+    return aredis.Redis.from_url(app.url)
+
+
 class LazyRedis:
     """A client for ``app.url``, made on the first call: in a worker, once the CLI has applied
     ``--url``. Thread-safe, for task functions run in the worker's thread pool."""
@@ -223,7 +237,7 @@ class LazyRedis:
     def __call__(self) -> redis.Redis:
         with self._lock:
             if self._client is None:
-                self._client = redis.Redis.from_url(self.app.url)
+                self._client = _client(self.app)
             return self._client
 
 
@@ -245,7 +259,7 @@ class BatchPusher:
 
     def redis(self) -> aredis.Redis:
         if self._client is None:
-            self._client = aredis.Redis.from_url(self.app.url)
+            self._client = _async_client(self.app)
         return self._client
 
     async def rpush(self, key: str, *values: str) -> None:
