@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from delayq._calls import command
 from delayq._errors import ConfigurationError
 from delayq._runners import SyncRunner
-from delayq._server import EmbeddedServer, free_port
+from delayq._server import EmbeddedServer, TlsFiles, free_port
 from delayq._topology import SLOTS
 
 _POLL_S = 0.05
@@ -87,8 +87,9 @@ class ClusterNode:
     """One valkey-server of a LocalCluster, on fixed client and bus ports."""
 
     def __init__(
-        self, index: int, port: int, bus_port: int, data_dir: Path, role: str, node_timeout_ms: int
-    ) -> None:
+        self, index: int, port: int, bus_port: int, data_dir: Path, role: str, node_timeout_ms: int,
+        *, binary: Path | str | None = None, tls: TlsFiles | None = None,
+    ) -> None:  # fmt: skip
         self.index = index
         self.port = port
         self.bus_port = bus_port
@@ -107,7 +108,10 @@ class ClusterNode:
                 "--cluster-port", str(bus_port),
                 # A replica's first sync otherwise waits 5 s for more replicas to join it.
                 "--repl-diskless-sync-delay", "0",
+                *(("--tls-cluster", "yes") if tls else ()),
             ),
+            binary=binary,
+            tls=tls,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -115,7 +119,8 @@ class ClusterNode:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``rediss://`` with the client certificates in its query string for a TLS cluster."""
+        return self.server.url
 
     @property
     def pid(self) -> int | None:
@@ -136,7 +141,7 @@ class ClusterNode:
         """One command's reply as the server sent it (no redis-py parsing), as text."""
         options = {"socket_timeout": _SOCKET_TIMEOUT_S, "decode_responses": True,
                    "socket_connect_timeout": _SOCKET_TIMEOUT_S}  # fmt: skip
-        io = SyncRunner.from_url(f"redis://127.0.0.1:{self.port}/0", options)
+        io = SyncRunner.from_url(self.url, options)
         try:
             return io.run(command(*args, raw=True))
         finally:
@@ -161,7 +166,11 @@ class LocalCluster:
         data_dir: Path | str | None = None,
         base_port: int | None = None,
         node_timeout_ms: int = 2000,
+        binary: Path | str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``binary`` and ``tls``: as for EmbeddedServer; with ``tls`` the nodes listen with TLS
+        only, and their cluster bus and replication links use it too."""
         if primaries < 1 or replicas < 0:
             raise ConfigurationError("a cluster needs at least 1 primary and 0 or more replicas")
         self.primaries = primaries
@@ -172,6 +181,8 @@ class LocalCluster:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.base_port = base_port
         self.node_timeout_ms = node_timeout_ms
+        self.binary = binary
+        self.tls = tls
         self._nodes: list[ClusterNode] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -325,7 +336,7 @@ class LocalCluster:
         ports = self._choose_ports(dirs)
         return [
             ClusterNode(i, port, bus, dirs[i], "primary" if i < self.primaries else "replica",
-                        self.node_timeout_ms)
+                        self.node_timeout_ms, binary=self.binary, tls=self.tls)
             for i, (port, bus) in enumerate(ports)
         ]  # fmt: skip
 

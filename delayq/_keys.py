@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 
 from delayq._errors import ConfigurationError, InvalidTimerId
 
@@ -225,28 +226,37 @@ class Keys:
         """The keyspace channels of this namespace's shadow keys, as a subscription pattern."""
         return self.keyspace_pattern(db, self.shadow_prefix + "*")
 
-    def acl_rules(self, db: int = 0, watch: tuple[tuple[str, str | None], ...] = ()) -> list[str]:
-        """ACL SETUSER rules granting what delayq needs in this namespace, and nothing else.
 
-        ``watch``: (pattern, companion template or None) of each on_expire task.
-        """
-        keys = [f"~{self.prefix}*"]
-        channels = [f"&{self.wake_channel}", f"&{self.expired_channel(db)}",
-                    f"&{self.shadow_events(db)}", f"&{self.watch_barrier_prefix}*"]  # fmt: skip
-        for pattern, data in watch:
-            keys.append(f"~{pattern}")
-            channels.append(f"&{self.keyspace_pattern(db, pattern)}")
-            if data:
-                keys.append("~" + data.replace("{suffix}", "*").replace("{key}", "*"))
-        return ["resetkeys", *keys, "resetchannels", *channels, "-@all",
-                *(f"+{command}" for command in ACL_COMMANDS)]  # fmt: skip
+def acl_rules(home: Keys, shards: Sequence[Keys], db: int = 0,
+              watch: tuple[tuple[str, str | None], ...] = ()) -> list[str]:  # fmt: skip
+    """ACL SETUSER rules granting what delayq needs in a namespace, and nothing else.
+
+    ``home``: the namespace's own keys (``Keys(namespace)``: its meta key and watch barrier,
+    and every key of a namespace of one shard); ``shards``: each shard's keys (see
+    ``Layout.acl_rules``). ``watch``: (pattern, companion template or None) of each on_expire
+    task. A subscription pattern passes only if it is listed as it is (an ``&`` rule is
+    compared with a PSUBSCRIBE pattern literally), so every shard's is listed.
+    """
+    others = [k for k in shards if k.prefix != home.prefix]
+    keys = [f"~{home.prefix}*", *(f"~{k.prefix}*" for k in others)]
+    channels = [*(f"&{k.wake_channel}" for k in shards), f"&{Keys.expired_channel(db)}",
+                *(f"&{k.shadow_events(db)}" for k in shards),
+                f"&{home.watch_barrier_prefix}*"]  # fmt: skip
+    for pattern, data in watch:
+        keys.append(f"~{pattern}")
+        channels.append(f"&{Keys.keyspace_pattern(db, pattern)}")
+        if data:
+            keys.append("~" + data.replace("{suffix}", "*").replace("{key}", "*"))
+    return ["resetkeys", *keys, "resetchannels", *channels, "-@all",
+            *(f"+{command}" for command in ACL_COMMANDS)]  # fmt: skip
 
 
 # Every command delayq sends, directly or from its scripts. CONFIG GET lets a worker check
 # notify-keyspace-events; without it the worker checks by experiment (CONFIG SET is optional).
+# CLUSTER SLOTS and ASKING: a cluster's slot map, and a call sent to a slot being moved.
 ACL_COMMANDS = (
     "ping", "time", "hello", "select", "client|setinfo", "client|setname", "config|get",
-    "memory|usage",
+    "memory|usage", "cluster|slots", "asking",
     "evalsha", "eval", "script|load", "multi", "exec", "discard",
     "get", "set", "del", "exists", "type", "pttl", "pexpire", "scan", "incr", "zscan",
     "zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore", "zcard",

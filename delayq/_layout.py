@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from delayq._calls import Flow, command
 from delayq._errors import ConfigurationError
-from delayq._keys import BUCKETS, KEY_ROOT, RESERVED_PREFIX, Keys, check_namespace
+from delayq._keys import BUCKETS, KEY_ROOT, RESERVED_PREFIX, Keys, acl_rules, check_namespace
 from delayq._topology import SLOTS, slot_of
 
 T = TypeVar("T")
@@ -130,6 +130,10 @@ class Layout:
     def keys_for(self, timer_id: str) -> Keys:
         return self.shards[self.shard_of(timer_id)]
 
+    def acl_rules(self, db: int = 0, watch: tuple[tuple[str, str | None], ...] = ()) -> list[str]:
+        """ACL SETUSER rules for every shard of the namespace (see ``_keys.acl_rules``)."""
+        return acl_rules(Keys(self.namespace), self.shards, db, watch)
+
     def grouped(self, timer_ids: Iterable[str]) -> dict[int, list[int]]:
         """Positions of ``timer_ids`` by shard, each list in the given order."""
         groups: dict[int, list[int]] = {}
@@ -143,10 +147,8 @@ def resolve(namespace: str, wanted: int | None, default: int) -> Flow[Layout]:
     it has none yet. A namespace with keys from before shard counts were stored has one."""
     stored = yield command("GET", meta_key(namespace))
     if stored is None:
-        legacy = Keys(namespace)
-        old = yield command("EXISTS", legacy.index, legacy.ready, legacy.dead, legacy.periodics,
-                            legacy.paused, legacy.stats)  # fmt: skip
         shards = wanted or default
+        old = yield from _has_old_keys(namespace)
         created = "1" if old else f"{shards}:{buckets_per_shard(shards)}"
         yield command("SET", meta_key(namespace), created, "NX")
         stored = yield command("GET", meta_key(namespace))  # another app may have won
@@ -173,3 +175,20 @@ def _parsed_meta(namespace: str, stored: bytes) -> tuple[int, int]:
             f"namespace {namespace!r} has a layout this version of delayq cannot read "
             f"({meta_key(namespace)} = {stored!r}): it was written by another version"
         ) from None
+
+
+def stored_count(namespace: str, default: int) -> Flow[int]:
+    """The namespace's shard count as stored, else the one ``resolve`` would store given
+    ``default``; stores nothing."""
+    stored = yield command("GET", meta_key(namespace))
+    if stored is not None:
+        return _parsed_meta(namespace, stored)[0]
+    return 1 if (yield from _has_old_keys(namespace)) else default
+
+
+def _has_old_keys(namespace: str) -> Flow[bool]:
+    """Whether the namespace has keys from before shard counts were stored."""
+    legacy = Keys(namespace)
+    found = yield command("EXISTS", legacy.index, legacy.ready, legacy.dead, legacy.periodics,
+                          legacy.paused, legacy.stats)  # fmt: skip
+    return bool(found)

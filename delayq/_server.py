@@ -11,6 +11,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +35,33 @@ def server_binary() -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """Certificates for a server that speaks TLS only: its own (``cert``, ``key``), the CA that
+    signed every certificate, and a client certificate, presented by the server's own links
+    (replication, the cluster bus) and by ``url``'s clients, since clients must show one."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+
+    def server_args(self) -> tuple[str, ...]:
+        return (
+            "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "yes",
+            "--tls-client-cert-file", str(self.client_cert),
+            "--tls-client-key-file", str(self.client_key),
+            "--tls-replication", "yes",
+        )  # fmt: skip
+
+    def query(self) -> str:
+        """The client side as a URL's query string (redis-py reads it, sync and asyncio)."""
+        return urllib.parse.urlencode({"ssl_ca_certs": self.ca, "ssl_certfile": self.client_cert,
+                                       "ssl_keyfile": self.client_key}, safe="/")  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -41,7 +70,11 @@ def free_port() -> int:
 
 
 class EmbeddedServer:
-    """A valkey-server child process on 127.0.0.1 with keyspace notifications on."""
+    """A valkey-server child process on 127.0.0.1 with keyspace notifications on.
+
+    ``binary``: another server binary (a redis-server or valkey-server of the same options),
+    for what the bundled one lacks; ``tls``: listen on ``port`` with TLS only (the bundled
+    binary is built without TLS, so this needs ``binary``)."""
 
     def __init__(
         self,
@@ -51,12 +84,16 @@ class EmbeddedServer:
         appendonly: bool = True,
         save: str = "",
         extra_args: tuple[str, ...] = (),
+        binary: Path | str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.port = port
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.appendonly = appendonly
         self.save = save
         self.extra_args = extra_args
+        self.binary = binary
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -64,6 +101,8 @@ class EmbeddedServer:
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError("the server has not been started")
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?{self.tls.query()}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -72,9 +111,11 @@ class EmbeddedServer:
 
     def command_line(self) -> list[str]:
         assert self.port is not None and self.data_dir is not None
+        ports = ("--port", str(self.port)) if self.tls is None else \
+            ("--port", "0", "--tls-port", str(self.port), *self.tls.server_args())  # fmt: skip
         return [
-            str(server_binary()),
-            "--port", str(self.port),
+            str(self.binary or server_binary()),
+            *ports,
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir),
             "--notify-keyspace-events", "KEx",
@@ -103,14 +144,14 @@ class EmbeddedServer:
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
-        io = SyncRunner.from_url(f"redis://127.0.0.1:{self.port or 0}/0", {"socket_timeout": 1})
+        io = SyncRunner.from_url(self.url, {"socket_timeout": 1})
         deadline = time.monotonic() + timeout
         try:
             while True:
                 if self._proc.poll() is not None:
                     raise ConfigurationError(
-                        f"valkey-server exited with {self._proc.returncode}; "
-                        f"see {self.data_dir}/server.log"
+                        f"{Path(self.binary or 'valkey-server').name} exited with "
+                        f"{self._proc.returncode}; see {self.data_dir}/server.log"
                     )
                 try:
                     if self._ready(io):

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from delayq._calls import Batch, Call, Flow
 from delayq._keys import Keys
-from delayq._layout import Layout, resolve
+from delayq._layout import Layout, resolve, stored_count
 from delayq._store import (
     SCRIPT_BATCH,
     Armed,
@@ -61,14 +61,24 @@ class ShardedStore:
 
     def layout(self) -> Flow[Layout]:
         if self._layout is None:
-            default = self.wanted
-            if default is None:
-                default = CLUSTER_SHARDS if (yield cluster_enabled()) else 1
-            layout = yield from resolve(self.namespace, self.wanted, default)
+            layout = yield from resolve(self.namespace, self.wanted, (yield from self._default()))
             self._stores = [StoreCalls(k, max_payload_bytes=self.max_payload_bytes)
                             for k in layout.shards]  # fmt: skip
             self._layout = layout
         return self._layout
+
+    def count(self) -> Flow[int]:
+        """The shard count as stored, else the one the first call would store; stores
+        nothing (``delayq acl`` asks before the namespace may exist)."""
+        if self._layout is not None:
+            return self._layout.count
+        return (yield from stored_count(self.namespace, (yield from self._default())))
+
+    def _default(self) -> Flow[int]:
+        """The count of a new namespace: ``shards=``, else 16 on a cluster, 1 on one server."""
+        if self.wanted is not None:
+            return self.wanted
+        return CLUSTER_SHARDS if (yield cluster_enabled()) else 1
 
     def _for(self, timer_id: str) -> Flow[StoreCalls]:
         layout = yield from self.layout()

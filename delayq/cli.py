@@ -20,7 +20,8 @@ from delayq._app import Delayq
 from delayq._cluster_server import LocalCluster
 from delayq._connection import redact_url, tls_failure
 from delayq._defaults import set_default_app
-from delayq._errors import DelayqError, TimerPaused
+from delayq._errors import ConfigurationError, DelayqError, TimerPaused
+from delayq._layout import Layout
 from delayq._schedules import load_zone
 from delayq._sentinel import is_sentinel_url, parse_target
 from delayq._sentinel_server import LocalSentinel
@@ -414,16 +415,41 @@ def periodic_list(
 def acl(
     app_spec: RequiredAppOption,
     user: Annotated[str, typer.Option(help="the ACL user name")] = "delayq",
+    url: UrlOption = None,
     namespace: NamespaceOption = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="the namespace's shard count (default: the app's shards=, else "
+            "read from the server)"
+        ),
+    ] = None,
 ) -> None:
-    """Print the ACL SETUSER command for a user with only what delayq needs (add >password)."""
-    app = resolve_app(app_spec, None, namespace)
+    """Print the ACL SETUSER command for a user with only what delayq needs (add >password;
+    on a cluster, run it on every node)."""
+    app = resolve_app(app_spec, url, namespace)
     watch = tuple((w.spec.pattern, w.spec.data) for w in app.watchers.values())
     if is_sentinel_url(app.url):
         db = parse_target(app.url, app.redis_options).db
     else:
         db = int(parse_url(app.url).get("db", 0) or 0)  # type: ignore[no-untyped-call]
-    typer.echo(" ".join(["ACL", "SETUSER", user, "on", *app.keys.acl_rules(db, watch)]))
+    count = shards if shards is not None else app.shards or _shard_count(app)
+    rules = Layout.of(app.namespace, count).acl_rules(db, watch)
+    typer.echo(" ".join(["ACL", "SETUSER", user, "on", *rules]))
+
+
+def _shard_count(app: Delayq) -> int:
+    """The namespace's count as stored on the server, else what a first call would store."""
+    try:
+        return app._run(app.store.count())
+    except RedisError as exc:
+        raise ConfigurationError(
+            f"cannot read the shard count of namespace {app.namespace!r} from "
+            f"{redact_url(app.url)} ({type(exc).__name__}: {exc}); pass --shards to print the "
+            "rules without asking the server"
+        ) from None
+    finally:
+        app.close()
 
 
 def main() -> None:

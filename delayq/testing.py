@@ -26,12 +26,14 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.cluster import RedisCluster
 
 from delayq import Delayq, EmbeddedServer
 from delayq._calls import command
 from delayq._runners import SyncRunner
 from delayq._sentinel import is_sentinel_url, parse_target
 from delayq._sentinel_runners import AsyncSentinelRunner, SyncSentinelRunner
+from delayq._topology import cluster_enabled
 
 __all__ = [
     "BatchPusher",
@@ -227,17 +229,24 @@ def _async_client(app: Delayq) -> aredis.Redis:
 
 class LazyRedis:
     """A client for ``app.url``, made on the first call: in a worker, once the CLI has applied
-    ``--url``. Thread-safe, for task functions run in the worker's thread pool."""
+    ``--url``. A ``RedisCluster`` if the server runs in cluster mode, so that each key's
+    commands reach the node serving it. Thread-safe, for task functions run in the worker's
+    thread pool."""
 
     def __init__(self, app: Delayq) -> None:
         self.app = app
         self._lock = threading.Lock()
-        self._client: redis.Redis | None = None
+        self._client: redis.Redis | RedisCluster | None = None
 
-    def __call__(self) -> redis.Redis:
+    def __call__(self) -> redis.Redis | RedisCluster:
         with self._lock:
             if self._client is None:
-                self._client = _client(self.app)
+                client = _client(self.app)
+                if not is_sentinel_url(self.app.url) and SyncRunner(client).run(cluster_enabled()):
+                    client.close()
+                    self._client = RedisCluster.from_url(self.app.url)
+                else:
+                    self._client = client
             return self._client
 
 

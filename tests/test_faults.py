@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from delayq import Delayq, EmbeddedServer, ServerOutOfMemory, Timer, WorkerSettings
+from delayq._keys import Keys
 from delayq._task import Task
 from tests import worker_app
 from tests.conftest import WorkerProcess, WorkerThread, payload_ids, wait_until
@@ -66,33 +67,42 @@ def reports(client: redis.Redis, namespace: str, name: str) -> list[list[str]]:
     return [row.decode().split("|") for row in raw]
 
 
-def leftovers(client: redis.Redis, app: Delayq) -> dict[str, Any]:
-    """Whatever of the namespace's timers and jobs is still stored."""
-    k = app.keys
-    data = sorted(payload_ids(client, k))
+def shards(app: Delayq) -> tuple[Keys, ...]:
+    """The keys of each of the namespace's shards (one for a namespace of one shard)."""
+    return app._run(app.store.layout()).shards
+
+
+def leftovers(client: Any, app: Delayq) -> dict[str, Any]:
+    """Whatever of the namespace's timers and jobs is still stored, in every shard.
+    ``client``: a redis.Redis, or a RedisCluster (whose SCAN covers every primary)."""
+    every = shards(app)
+    data = sorted(i for k in every for i in payload_ids(client, k))
     return {
         "data": data,
-        "indexed": int(client.zcard(k.index)),
-        "ready": int(client.xlen(k.ready)),
+        "indexed": sum(int(client.zcard(k.index)) for k in every),
+        "ready": sum(int(client.xlen(k.ready)) for k in every),
         "pending": in_flight(client, app),
     }
 
 
-def in_flight(client: redis.Redis, app: Delayq) -> int:
-    """Jobs delivered to a worker and not yet settled (the consumer group's pending count)."""
-    if not client.exists(app.keys.ready):
-        return 0
-    summary: Any = client.xpending(app.keys.ready, "workers")
-    return int(summary["pending"])
+def in_flight(client: Any, app: Delayq) -> int:
+    """Jobs delivered to a worker and not yet settled (the consumer groups' pending count)."""
+    pending = 0
+    for k in shards(app):
+        if client.exists(k.ready):
+            summary: Any = client.xpending(k.ready, "workers")
+            pending += int(summary["pending"])
+    return pending
 
 
 NOTHING_LEFT: dict[str, Any] = {"data": [], "indexed": 0, "ready": 0, "pending": 0}
 
 
-def wait_drained(client: redis.Redis, app: Delayq, timeout: float = 15.0) -> None:
+def wait_drained(client: Any, app: Delayq, timeout: float = 15.0) -> None:
     """Wait until the namespace holds nothing: the last acknowledgements are asynchronous."""
     try:
-        wait_until(lambda: leftovers(client, app) == NOTHING_LEFT, timeout=timeout)
+        # Not too often: on a cluster each look is a round trip per shard and node.
+        wait_until(lambda: leftovers(client, app) == NOTHING_LEFT, timeout=timeout, interval=0.05)
     except AssertionError:
         raise AssertionError(f"left behind: {leftovers(client, app)}") from None
 

@@ -7,7 +7,8 @@ with or without an immediate restart), worker starts, steps of the worker's wall
 5 minutes either way: tests/clockstep.py), time advances, and races (sleep until a
 pending timer's deadline, give or take a few ms, then operate on it), against the bundled
 server and a ``delayq worker`` child process (tests/state_app.py). Every job is instantaneous
-and reports its tag, its time and its worker's pid.
+and reports its tag, its time and its worker's pid. The same machine runs against a local
+cluster of 3 primaries, the namespace spread over the default 16 shards (``Target``).
 
 The model keeps, for every timer (a *unit*: a plain timer's generation, or one cycle of a
 debounced key), its deadline by the server's clock, its armed duration, and whether it is
@@ -32,8 +33,9 @@ after it; the server and the worker share this machine's clock), and:
   drained (no timer data, no due index, no paused or first-touch entries, nothing in the ready
   stream or pending in its group).
 
-Deliberately bounded: 16 examples of up to 25 steps, delays of 0.1-1.5 s, real time, no
-shrinking (a failure prints its steps and the model's event log instead).
+Deliberately bounded: 16 examples of up to 25 steps on each target (about 40-70 s each),
+delays of 0.1-1.5 s, real time, no shrinking (a failure prints its steps and the model's event
+log instead).
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from redis.cluster import RedisCluster
 
 from delayq import Delayq, EmbeddedServer, TimerPaused
+from delayq._cluster_server import LocalCluster
 from delayq._debounce import Debounced
 from delayq._layout import meta_key
 from delayq._task import Task
@@ -143,14 +147,27 @@ def step(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the machine runs: one server, or a cluster with the namespace over ``shards``."""
+
+    url: str
+    cluster: bool = False
+    shards: int | None = None  # None: the server's default (1 on one server, 16 on a cluster)
+
+    def client(self) -> Any:
+        """A redis.Redis, or a RedisCluster (keys routed by slot, SCAN over every primary)."""
+        return RedisCluster.from_url(self.url) if self.cluster else redis.Redis.from_url(self.url)
+
+
 class StateMachine(RuleBasedStateMachine):
-    def __init__(self, url: str) -> None:
+    def __init__(self, target: Target) -> None:
         super().__init__()
         self.broken = False
-        self.url = url
+        self.url = target.url
         self.namespace = "sm" + uuid.uuid4().hex[:10]
-        self.app = Delayq(url, namespace=self.namespace)
-        self.client = redis.Redis.from_url(url)
+        self.app = Delayq(target.url, namespace=self.namespace, shards=target.shards)
+        self.client = target.client()
         self.record = Task(state_app.record.fn, state_app.record.options, lambda: self.app)
         self.ping = Task(state_app.ping.fn, state_app.ping.options, lambda: self.app)
         self.debounced = {
@@ -175,6 +192,8 @@ class StateMachine(RuleBasedStateMachine):
         self.clock_steps = 0
         try:
             self._check_clock()
+            # Stored before the worker starts, which takes the namespace's count as stored.
+            self.layout = self.app._run(self.app.store.layout())
             self._start_worker()
         except BaseException:
             self.broken = True
@@ -774,7 +793,8 @@ class StateMachine(RuleBasedStateMachine):
             for up in self.workers:
                 up.proc.close()
                 up.proc.clock_file.unlink(missing_ok=True)
-            keys = [*self.client.scan_iter(f"dq:{{{self.namespace}}}:*", 1000),
+            # Every shard's tag starts with the namespace ("<ns>/<k>"): one pattern for all.
+            keys = [*self.client.scan_iter(f"dq:{{{self.namespace}*", 1000),
                     *self.client.scan_iter(f"test:{self.namespace}:*", 1000)]  # fmt: skip
             if keys:
                 self.client.delete(*keys)
@@ -793,8 +813,9 @@ class StateMachine(RuleBasedStateMachine):
         app = self.app
         wait_drained(self.client, app, timeout=20)
         self.check_runs(now_ms())
-        expected = {app.keys.ready, app.keys.stats, meta_key(app.namespace)}
-        found = {k.decode() for k in self.client.scan_iter(f"{app.keys.prefix}*", 1000)}
+        expected = {meta_key(app.namespace)}
+        expected.update(name for keys in self.layout.shards for name in (keys.ready, keys.stats))
+        found = {k.decode() for k in self.client.scan_iter(f"dq:{{{app.namespace}*", 1000)}
         self.expect(found <= expected, f"left behind: {sorted(found - expected)}")
         for unit in self.units:
             runs = len(unit.runs)
@@ -809,6 +830,7 @@ class StateMachine(RuleBasedStateMachine):
                   "worker kills": kills, "runs again after a kill": self.duplicates,
                   "worker clock steps": self.clock_steps}  # fmt: skip
         TOTALS.update(counts)
+        SHARDS_HIT.update(self.layout.shard_of(unit.id) for unit in self.units)
         self.note(f"done: {counts}")
 
     def _resume_for_the_end(self, uid: str) -> None:
@@ -823,25 +845,41 @@ class StateMachine(RuleBasedStateMachine):
 
 
 TOTALS: collections.Counter[str] = collections.Counter()  # what the examples covered
+SHARDS_HIT: set[int] = set()  # the shards that held a timer, over every example
 
 
-def test_timers_agree_with_the_model(server: EmbeddedServer) -> None:
+def run_machine(target: Target, *, examples: int, steps: int) -> None:
+    """Run the state machine against ``target``; print what the examples covered."""
     TOTALS.clear()
+    SHARDS_HIT.clear()
 
-    class OnTheServer(StateMachine):
+    class OnTarget(StateMachine):
         def __init__(self) -> None:
-            super().__init__(server.url)
+            super().__init__(target)
 
     run_state_machine_as_test(
-        OnTheServer,
+        OnTarget,
         settings=settings(
-            max_examples=16,
-            stateful_step_count=25,
+            max_examples=examples,
+            stateful_step_count=steps,
             deadline=None,
             database=None,
             phases=[Phase.explicit, Phase.generate],  # no shrinking: real time is not replayable
             suppress_health_check=list(HealthCheck),
         ),
     )
-    print("state machine covered:", dict(TOTALS))
+    print("state machine covered:", dict(TOTALS), f"shards with timers: {len(SHARDS_HIT)}")
     assert TOTALS["timers"] > 0 and TOTALS["operations"] > 0
+
+
+def test_timers_agree_with_the_model(server: EmbeddedServer) -> None:
+    run_machine(Target(server.url), examples=16, steps=25)
+
+
+def test_timers_agree_with_the_model_on_a_cluster(cluster: LocalCluster) -> None:
+    """The same on 3 primaries, the namespace over the default 16 shards: each timer's calls
+    go to its shard's node, and the worker serves every shard. Fewer examples: each costs
+    more (a worker process that serves 16 shards starts in each)."""
+    cluster.wait_ready(timeout=60.0)
+    run_machine(Target(cluster.url, cluster=True), examples=16, steps=25)
+    assert len(SHARDS_HIT) > 1, SHARDS_HIT

@@ -1,0 +1,60 @@
+"""A cluster over TLS: producers and workers given a ``rediss://`` URL reach every node with it.
+
+The bundled Valkey has no TLS, so the nodes are the system's ``redis-server`` (Debian's 7.0
+supports cluster mode with ``tls-cluster``), or the binary named by ``DELAYQ_TLS_SERVER``, as in
+tests/test_tls.py: TLS port only (``--port 0``), client certificates required, the cluster bus
+over TLS too. Skipped without such a binary, unless ``DELAYQ_REQUIRE_TLS=1``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from delayq import ConfigurationError
+from delayq._cluster_server import LocalCluster
+from delayq._server import TlsFiles
+from tests.conftest import WorkerThread
+from tests.test_cluster_worker import _exactly_once, _owner, _run, _schedule
+from tests.test_tls import find_server_binary, make_certs, unavailable
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """3 primaries, no replicas: Redis 7.0 lists a new replica in CLUSTER SLOTS only ~8 s
+    after it joined, and replication is the server's own business."""
+    binary, openssl = find_server_binary(), shutil.which("openssl")
+    if binary is None or openssl is None:
+        unavailable("a TLS cluster needs redis-server (or DELAYQ_TLS_SERVER) and openssl")
+    assert binary is not None and openssl is not None
+    directory = tmp_path_factory.mktemp("tls-cluster")
+    certs = make_certs(directory, openssl)
+    files = TlsFiles(ca=certs.ca, cert=certs.server_cert, key=certs.server_key,
+                     client_cert=certs.client_cert, client_key=certs.client_key)  # fmt: skip
+    cluster = LocalCluster(3, 0, data_dir=directory / "nodes", binary=binary, tls=files)
+    try:
+        cluster.start(timeout=60.0)
+    except ConfigurationError as exc:
+        if "exited with" not in str(exc):
+            raise
+        unavailable(f"{binary} cannot run a TLS cluster node: {exc}")
+    yield cluster
+    cluster.cleanup()
+
+
+def test_timers_fire_once_on_every_primary_over_tls(
+    tls_cluster: LocalCluster, start_worker: Callable[..., WorkerThread]
+) -> None:
+    assert tls_cluster.url.startswith("rediss://")
+    for node in tls_cluster.nodes:  # no plain port: every connection that works is TLS
+        assert node.query("CONFIG", "GET", "port") in (["port", "0"], {"port": "0"})
+    ledger, producer, note = _run(tls_cluster, start_worker)
+    _schedule(producer, note, "t", 500, spread=2.0)
+    shards = producer._run(producer.store.layout()).shards
+    assert len({_owner(tls_cluster, keys.index).port for keys in shards}) == 3
+    _exactly_once(ledger, producer, 500)
+    lateness = sorted(ledger.lateness)
+    assert lateness[0] > -0.01 and lateness[int(len(lateness) * 0.99)] < 1.0
+    producer.close()
