@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
 from delayq import Delayq
-from delayq._cluster_server import LocalCluster
+from delayq._cluster_server import ClusterNode, LocalCluster
+from tests.conftest import WorkerThread, wait_until
 
 
 class Ledger:
@@ -53,3 +56,40 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     local.start(timeout=60.0)
     yield local
     local.cleanup()
+
+
+def owner(cluster: LocalCluster, key: str) -> ClusterNode:
+    """The primary serving ``key``'s slot now."""
+    slot = key_slot(key.encode())
+    for row in cluster.nodes[0].query("CLUSTER", "SLOTS"):
+        if int(row[0]) <= slot <= int(row[1]):
+            return next(n for n in cluster.nodes if n.port == int(row[2][1]))
+    raise AssertionError(f"no node serves slot {slot}")
+
+
+def schedule_spread(app: Delayq, note: Any, prefix: str, count: int, spread: float) -> None:
+    now = time.time()
+    requests = []
+    for i in range(count):
+        delay = 0.3 + spread * i / count
+        timer_id = f"{prefix}{i}"
+        requests.append(note.request((timer_id, now + delay), {}, delay=delay, timer_id=timer_id))
+    app.schedule_many(requests)
+
+
+def start_ledger(cluster: LocalCluster, start_worker: Callable[..., WorkerThread],
+         workers: int = 2) -> tuple[Ledger, Delayq, Any]:  # fmt: skip
+    cluster.wait_ready(timeout=60.0)
+    namespace = "w" + uuid.uuid4().hex[:10]
+    ledger = Ledger()
+    producer, note = ledger.app(cluster.url, namespace)
+    for _ in range(workers):
+        start_worker(ledger.app(cluster.url, namespace)[0])
+    return ledger, producer, note
+
+
+def exactly_once(ledger: Ledger, producer: Delayq, total: int) -> None:
+    wait_until(lambda: ledger.count() == total, timeout=60)
+    time.sleep(0.5)  # a duplicate would come soon after
+    assert ledger.count() == total and max(ledger.runs.values()) == 1
+    assert producer.pending_count() == 0

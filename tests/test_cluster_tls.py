@@ -16,8 +16,8 @@ import pytest
 from delayq import ConfigurationError
 from delayq._cluster_server import LocalCluster
 from delayq._server import TlsFiles
+from tests.cluster_fixtures import exactly_once, owner, schedule_spread, start_ledger
 from tests.conftest import WorkerThread
-from tests.test_cluster_worker import _exactly_once, _owner, _run, _schedule
 from tests.test_tls import find_server_binary, make_certs, unavailable
 
 
@@ -50,11 +50,11 @@ def test_timers_fire_once_on_every_primary_over_tls(
     assert tls_cluster.url.startswith("rediss://")
     for node in tls_cluster.nodes:  # no plain port: every connection that works is TLS
         assert node.query("CONFIG", "GET", "port") in (["port", "0"], {"port": "0"})
-    ledger, producer, note = _run(tls_cluster, start_worker)
-    _schedule(producer, note, "t", 500, spread=2.0)
+    ledger, producer, note = start_ledger(tls_cluster, start_worker)
+    schedule_spread(producer, note, "t", 500, spread=2.0)
     shards = producer._run(producer.store.layout()).shards
-    assert len({_owner(tls_cluster, keys.index).port for keys in shards}) == 3
-    _exactly_once(ledger, producer, 500)
+    assert len({owner(tls_cluster, keys.index).port for keys in shards}) == 3
+    exactly_once(ledger, producer, 500)
     lateness = sorted(ledger.lateness)
     assert lateness[0] > -0.01 and lateness[int(len(lateness) * 0.99)] < 1.0
     producer.close()

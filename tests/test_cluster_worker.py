@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from delayq import ConfigurationError, Delayq, Worker
 from delayq._cluster_server import ClusterNode, LocalCluster
-from tests.cluster_fixtures import Ledger
+from tests.cluster_fixtures import exactly_once, owner, schedule_spread, start_ledger
 from tests.conftest import FAST, WorkerThread, wait_until
 
 
@@ -22,56 +22,19 @@ def _flags(node: ClusterNode) -> str:
     return str(reply["notify-keyspace-events"] if isinstance(reply, dict) else reply[1])
 
 
-def _owner(cluster: LocalCluster, key: str) -> ClusterNode:
-    """The primary serving ``key``'s slot now."""
-    slot = key_slot(key.encode())
-    for row in cluster.nodes[0].query("CLUSTER", "SLOTS"):
-        if int(row[0]) <= slot <= int(row[1]):
-            return next(n for n in cluster.nodes if n.port == int(row[2][1]))
-    raise AssertionError(f"no node serves slot {slot}")
-
-
-def _schedule(app: Delayq, note: Any, prefix: str, count: int, spread: float) -> None:
-    now = time.time()
-    requests = []
-    for i in range(count):
-        delay = 0.3 + spread * i / count
-        timer_id = f"{prefix}{i}"
-        requests.append(note.request((timer_id, now + delay), {}, delay=delay, timer_id=timer_id))
-    app.schedule_many(requests)
-
-
-def _run(cluster: LocalCluster, start_worker: Callable[..., WorkerThread],
-         workers: int = 2) -> tuple[Ledger, Delayq, Any]:  # fmt: skip
-    cluster.wait_ready(timeout=60.0)
-    namespace = "w" + uuid.uuid4().hex[:10]
-    ledger = Ledger()
-    producer, note = ledger.app(cluster.url, namespace)
-    for _ in range(workers):
-        start_worker(ledger.app(cluster.url, namespace)[0])
-    return ledger, producer, note
-
-
-def _exactly_once(ledger: Ledger, producer: Delayq, total: int) -> None:
-    wait_until(lambda: ledger.count() == total, timeout=60)
-    time.sleep(0.5)  # a duplicate would come soon after
-    assert ledger.count() == total and max(ledger.runs.values()) == 1
-    assert producer.pending_count() == 0
-
-
 def test_two_workers_fire_5000_timers_over_every_primary_once(
     cluster: LocalCluster, start_worker: Callable[..., WorkerThread]
 ) -> None:
-    ledger, producer, note = _run(cluster, start_worker)
+    ledger, producer, note = start_ledger(cluster, start_worker)
     # Every node, replicas included, publishes expiries now.
     for node in cluster.nodes:
         flags = _flags(node)
         assert {"E", "x"} <= set(flags) or "A" in flags, (node, flags)
-    _schedule(producer, note, "t", 5000, spread=10.0)
-    holders = {_owner(cluster, keys.index).port
+    schedule_spread(producer, note, "t", 5000, spread=10.0)
+    holders = {owner(cluster, keys.index).port
                for keys in producer._run(producer.store.layout()).shards}  # fmt: skip
     assert len(holders) == 3  # the shards are on every primary
-    _exactly_once(ledger, producer, 5000)
+    exactly_once(ledger, producer, 5000)
     lateness = sorted(ledger.lateness)
     assert lateness[0] > -0.01  # never early
     assert lateness[int(len(lateness) * 0.99)] < 1.0
@@ -81,13 +44,13 @@ def test_two_workers_fire_5000_timers_over_every_primary_once(
 def test_a_failover_mid_run_loses_nothing_and_doubles_nothing(
     cluster: LocalCluster, start_worker: Callable[..., WorkerThread]
 ) -> None:
-    ledger, producer, note = _run(cluster, start_worker)
-    _schedule(producer, note, "t", 600, spread=3.0)
+    ledger, producer, note = start_ledger(cluster, start_worker)
+    schedule_spread(producer, note, "t", 600, spread=3.0)
     wait_until(lambda: ledger.count() > 100, timeout=30)
     cluster.failover(0)
     try:
-        _schedule(producer, note, "u", 200, spread=1.0)
-        _exactly_once(ledger, producer, 800)
+        schedule_spread(producer, note, "u", 200, spread=1.0)
+        exactly_once(ledger, producer, 800)
     finally:
         cluster.failover(0)
         producer.close()
@@ -96,15 +59,15 @@ def test_a_failover_mid_run_loses_nothing_and_doubles_nothing(
 def test_a_slot_migration_mid_run_loses_nothing_and_doubles_nothing(
     cluster: LocalCluster, start_worker: Callable[..., WorkerThread]
 ) -> None:
-    ledger, producer, note = _run(cluster, start_worker)
-    _schedule(producer, note, "t", 600, spread=3.0)
+    ledger, producer, note = start_ledger(cluster, start_worker)
+    schedule_spread(producer, note, "t", 600, spread=3.0)
     wait_until(lambda: ledger.count() > 50, timeout=30)
     shard = producer._run(producer.store.layout()).shards[0]
     slot = key_slot(shard.index.encode())
-    home = cluster.primary_urls().index(_owner(cluster, shard.index).url)
+    home = cluster.primary_urls().index(owner(cluster, shard.index).url)
     cluster.migrate(slot, (home + 1) % 3, batch=10, between=lambda: time.sleep(0.01))
     try:
-        _exactly_once(ledger, producer, 600)
+        exactly_once(ledger, producer, 600)
     finally:
         cluster.migrate(slot, home)
         producer.close()
@@ -116,7 +79,7 @@ def test_listener_follows_the_namespace_to_its_new_node(
     cluster.wait_ready(timeout=60.0)
     app = Delayq(cluster.url, namespace="l" + uuid.uuid4().hex[:10])
     start_worker(app)
-    before = _owner(cluster, app.keys.index)
+    before = owner(cluster, app.keys.index)
 
     def subscribed(node: ClusterNode) -> bool:
         # Only this test's worker subscribes to patterns on the cluster now.
@@ -152,8 +115,8 @@ def test_a_killed_primary_costs_at_most_the_unreplicated_moments(
     """SIGKILL of a primary mid-run: timers armed before the crash (replicated by then) all fire
     once its replica takes over, those due during the outage too; a timer fired in the last
     moments before the crash may fire again (the documented bound: what was not replicated)."""
-    ledger, producer, note = _run(cluster, start_worker)
-    _schedule(producer, note, "t", 800, spread=8.0)
+    ledger, producer, note = start_ledger(cluster, start_worker)
+    schedule_spread(producer, note, "t", 800, spread=8.0)
     wait_until(lambda: ledger.count() > 100, timeout=30)
     victim = next(n for n in cluster.nodes if n.url == cluster.primary_urls()[0])
     killed_at = time.time()
