@@ -142,14 +142,20 @@ class Layout:
         return groups
 
 
-def resolve(namespace: str, wanted: int | None, default: int) -> Flow[Layout]:
+def resolve(
+    namespace: str, wanted: int | None, default: int, *, bucketed: bool = True
+) -> Flow[Layout]:
     """The namespace's layout as stored, created with ``wanted`` (else ``default``) shards if
-    it has none yet. A namespace with keys from before shard counts were stored has one."""
+    it has none yet, with payload buckets if ``bucketed``. A namespace with keys from before
+    shard counts were stored has one shard and a key per payload."""
     stored = yield command("GET", meta_key(namespace))
     if stored is None:
         shards = wanted or default
         old = yield from _has_old_keys(namespace)
-        created = "1" if old else f"{shards}:{buckets_per_shard(shards)}"
+        if old or not bucketed:
+            created = "1" if old else str(shards)
+        else:
+            created = f"{shards}:{buckets_per_shard(shards)}"
         yield command("SET", meta_key(namespace), created, "NX")
         stored = yield command("GET", meta_key(namespace))  # another app may have won
     count, buckets = _parsed_meta(namespace, stored)

@@ -347,3 +347,13 @@ async def async_sentinel_runner(url: str, options: dict[str, Any], *,
         await runner.close()
         raise
     return runner
+
+
+def sentinel_client(target: SentinelTarget) -> redis.Redis:
+    """A client of the primary the sentinels name, for users' own commands (testing.py)."""
+    return SyncSentinelRunner(target).client
+
+
+def async_sentinel_client(target: SentinelTarget) -> aredis.Redis:
+    """``sentinel_client`` for asyncio."""
+    return AsyncSentinelRunner(target).client

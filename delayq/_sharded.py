@@ -61,7 +61,12 @@ class ShardedStore:
 
     def layout(self) -> Flow[Layout]:
         if self._layout is None:
-            layout = yield from resolve(self.namespace, self.wanted, (yield from self._default()))
+            on_cluster = yield cluster_enabled()
+            default = self.wanted or (CLUSTER_SHARDS if on_cluster else 1)
+            # Payload buckets made a cluster's lateness tail worse (docs/cluster.md, "Memory
+            # per timer"): a namespace created on one keeps a key per payload, for now.
+            layout = yield from resolve(self.namespace, self.wanted, default,
+                                        bucketed=not on_cluster)  # fmt: skip
             self._stores = [StoreCalls(k, max_payload_bytes=self.max_payload_bytes)
                             for k in layout.shards]  # fmt: skip
             self._layout = layout

@@ -32,7 +32,7 @@ from delayq import Delayq, EmbeddedServer
 from delayq._calls import command
 from delayq._runners import SyncRunner
 from delayq._sentinel import is_sentinel_url, parse_target
-from delayq._sentinel_runners import AsyncSentinelRunner, SyncSentinelRunner
+from delayq._sentinel_runners import async_sentinel_client, sentinel_client
 from delayq._topology import cluster_enabled
 
 __all__ = [
@@ -217,13 +217,13 @@ def describe_host(client: redis.Redis) -> str:
 
 def _client(app: Delayq) -> redis.Redis:
     if is_sentinel_url(app.url):
-        return SyncSentinelRunner(parse_target(app.url, app.redis_options)).client
+        return sentinel_client(parse_target(app.url, app.redis_options))
     return redis.Redis.from_url(app.url)
 
 
 def _async_client(app: Delayq) -> aredis.Redis:
     if is_sentinel_url(app.url):
-        return AsyncSentinelRunner(parse_target(app.url, app.redis_options)).client
+        return async_sentinel_client(parse_target(app.url, app.redis_options))
     return aredis.Redis.from_url(app.url)
 
 

@@ -17,7 +17,7 @@ from delayq import Delayq
 from delayq._calls import command
 from delayq._cluster import SyncClusterRunner
 from delayq._cluster_server import LocalCluster
-from delayq._layout import Layout
+from delayq._layout import Layout, meta_key
 from delayq._sharded import CLUSTER_SHARDS
 
 HOUR = 3600.0
@@ -89,6 +89,10 @@ def test_batches_and_debounce(cluster: LocalCluster, capp: Delayq) -> None:
         per_primary[_owner_index(cluster, capp, key_slot(keys.index.encode()))] += held
     assert sorted(per_primary) == [0, 1, 2], per_primary  # every primary holds timers
     assert min(per_primary.values()) > 100, per_primary
+    # On a cluster a new namespace keeps a key per payload (docs/cluster.md, memory per timer).
+    assert capp._run(command("GET", meta_key(capp.namespace))) == b"16"
+    keys = capp._run(capp.store.keys_for("b7"))
+    assert keys.buckets == 0 and capp._run(command("EXISTS", keys.data("b7"))) == 1
 
     @capp.debounced(seconds=HOUR, key="d:{n}")
     def settle(n: int) -> None:

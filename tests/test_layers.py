@@ -16,7 +16,7 @@ from delayq._scripts import NAMES, SCRIPTS, prelude
 
 PACKAGE = Path(delayq.__file__).parent
 # The runners: a single server's, and a cluster's (one single-server runner per node).
-RUNNERS = {"_runners.py", "_cluster.py"}
+RUNNERS = {"_runners.py", "_cluster.py", "_sentinel_runners.py"}
 # It hands redis clients to users' job handlers (their own commands, not delayq's): it may build
 # clients, and sends its own commands through a runner like everyone else.
 CLIENT_FOR_USERS = "testing.py"

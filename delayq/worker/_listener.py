@@ -58,6 +58,7 @@ class Listener:
 
     async def run(self) -> None:
         backoff = 0.05
+        failures = 0  # attempts failed since the last subscription: one warning an outage
         while not self.stopping.is_set():
             if self.connects:
                 await self.listen.follow()  # a lost node may have been replaced meanwhile
@@ -72,13 +73,17 @@ class Listener:
                 await self._confirmed(pubsub, len(channels) + bool(self.hints.pattern))
                 self.connects += 1
                 if self.connects > 1:
-                    log.warning("notification listener reconnected; sweeping for lost events")
+                    log.warning("notification listener reconnected after %d failed attempt(s); "
+                                "sweeping for lost events", failures)  # fmt: skip
+                failures = 0
                 self.on_connect()
                 self.subscribed.set()
                 backoff = 0.05
                 await self._receive(pubsub, node)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("notification listener lost its connection: %s", exc)
+                failures += 1
+                report = log.warning if failures == 1 else log.debug
+                report("notification listener lost its connection: %s", exc)
             finally:
                 await pubsub.aclose()
             if await wait_or_stop(self.stopping, backoff):
