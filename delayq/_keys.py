@@ -141,9 +141,6 @@ class Keys:
             return ("GET", self.data_prefix + timer_id)
         return ("HGET", self.data(timer_id), timer_id)
 
-    def bucket(self, number: int) -> str:
-        return f"{self.bucket_prefix}{number}"
-
     def periodic_state(self, task: str) -> str:
         return self.prefix + "periodic:" + task
 
