@@ -42,7 +42,6 @@ from delayq._wire import packed
 
 # Rounds of ``routed`` before an error reaches the caller: enough to wait out a failover.
 ATTEMPTS = int(FAILOVER_WAIT_S / RETRY_PAUSE_S)
-FOLLOW_EVERY_S = 1.0
 _LOST = (ConnectionLost, ReplyTimeout, OSError, *REROUTED)
 
 
@@ -185,7 +184,6 @@ class AsyncClusterRunner(_OnNodes[AsyncRunner], AsyncRunner):
         self._nodes = _Nodes(url, topology,
                              lambda u: AsyncRunner.from_url(u, options, retry=retry))  # fmt: skip
         super().__init__(self._nodes.node(topology.primaries[0]).client)
-        self._followed_at = -FOLLOW_EVERY_S
 
     async def close(self) -> None:
         runners, self._nodes.runners = self._nodes.runners, {}
@@ -213,13 +211,9 @@ class AsyncClusterRunner(_OnNodes[AsyncRunner], AsyncRunner):
     def every_node(self) -> list[AsyncRunner]:
         return self._nodes.every_node()
 
-    async def follow(self) -> None:
-        # Many listeners ask: one read of the layout a second serves them all.
-        now = time.monotonic()
-        if now - self._followed_at >= FOLLOW_EVERY_S:
-            self._followed_at = now
-            with contextlib.suppress(*_LOST):
-                await self.refresh()
+    async def _relocate(self) -> None:
+        with contextlib.suppress(*_LOST):
+            await self.refresh()
 
     async def _load(self, names: set[str]) -> None:
         for runner in self._nodes.every_node():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Generator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
@@ -129,6 +130,10 @@ def _pooled(options: dict[str, Any]) -> dict[str, Any]:
     return {"max_connections": POOL_SIZE, **options}
 
 
+# Where nodes are is read again at most this often, however many listeners ask.
+FOLLOW_EVERY_S = 1.0
+
+
 class SyncRunner:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -242,6 +247,8 @@ class SyncRunner:
 class AsyncRunner:
     """Script calls made by many tasks at once are written together on one connection (see
     ``_one``): a thousand concurrent ``aschedule()`` cost a few round trips, not a thousand."""
+
+    _followed_at = float("-inf")  # when follow() last read where nodes are (monotonic)
 
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
@@ -401,7 +408,15 @@ class AsyncRunner:
         return [self]
 
     async def follow(self) -> None:
-        """Read again where keys live (nothing to read on one server)."""
+        """Read again where keys live, at most once per FOLLOW_EVERY_S: many listeners ask,
+        and one read a second serves them all (nothing to read on one server)."""
+        now = time.monotonic()
+        if now - self._followed_at >= FOLLOW_EVERY_S:
+            self._followed_at = now
+            await self._relocate()
+
+    async def _relocate(self) -> None:
+        """Read where the nodes are now; an unreachable node leaves the old picture."""
 
 
 class Subscription:

@@ -53,9 +53,7 @@ from delayq._topology import Address
 from delayq._wire import packed
 
 _LOST = (ConnectionLost, ReplyTimeout, OSError)
-# Where the primary and replicas are is read again at most this often, however many
-# subscriptions ask; a subscription checks that often that its node is still the primary.
-FOLLOW_EVERY_S = 1.0
+# A subscription checks this often that its node is still the primary.
 CHECK_EVERY_S = 2.0
 # Calls ask the sentinels where the primary is at most this often: after a plain SENTINEL
 # FAILOVER the old primary takes writes (lost when it is demoted) until the sentinels turn it
@@ -203,7 +201,6 @@ class AsyncSentinelRunner(AsyncRunner):
         self.primary: Address = ("", 0)
         self.replicas: tuple[Address, ...] = ()
         self._nodes: dict[Address, AsyncRunner] = {}
-        self._followed_at = -FOLLOW_EVERY_S
 
     async def close(self) -> None:
         nodes, self._nodes = self._nodes, {}
@@ -236,12 +233,9 @@ class AsyncSentinelRunner(AsyncRunner):
     def every_node(self) -> list[AsyncRunner]:
         return [self.node(a) for a in (self.primary, *self.replicas)]
 
-    async def follow(self) -> None:
-        now = time.monotonic()
-        if now - self._followed_at >= FOLLOW_EVERY_S:
-            self._followed_at = now
-            with contextlib.suppress(*_LOST):
-                await self.refresh()
+    async def _relocate(self) -> None:
+        with contextlib.suppress(*_LOST):
+            await self.refresh()
 
     def subscription(self) -> Subscription:
         node = self.node_for("")

@@ -36,6 +36,14 @@ def payload_ids(client: redis.Redis, keys: Keys) -> list[str]:
     return [f.decode() for n in names for f in client.hkeys(n)]
 
 
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it is truthy; fail the test with a clear message at the deadline."""
     deadline = time.monotonic() + timeout

@@ -24,7 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from delayq._cluster_server import LocalCluster
 from delayq._server import free_port
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, process_gone, wait_until
 
 
 @pytest.fixture
@@ -172,20 +172,12 @@ def _run_server(port: int, data_dir: Path) -> list[int]:
     return [int(pid) for _, pid in nodes]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_cli_cluster_runs_stops_and_resumes(tmp_path: Path) -> None:
     port = _free_port_run(3)
     pids = _run_server(port, tmp_path)
-    assert all(_gone(pid) for pid in pids)
+    assert all(process_gone(pid) for pid in pids)
     with pytest.raises(redis.ConnectionError), redis.Redis(port=port) as plain:
         plain.ping()
     # The same command again finds the node state in --dir and resumes that cluster.
     again = _run_server(port, tmp_path)
-    assert all(_gone(pid) for pid in again)
+    assert all(process_gone(pid) for pid in again)

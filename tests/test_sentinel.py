@@ -34,7 +34,7 @@ from delayq._sentinel import (
 )
 from delayq._sentinel_server import LocalSentinel, fields, query
 from delayq.testing import LazyRedis
-from tests.conftest import ROOT, WorkerThread, wait_until
+from tests.conftest import ROOT, WorkerThread, process_gone, wait_until
 
 # -- the URL and the keyword arguments -------------------------------------------------------
 
@@ -366,12 +366,4 @@ def test_cli_server_sentinel_serves_a_deployment_until_interrupted(tmp_path: Pat
         assert proc.stdout is not None
         proc.stdout.close()
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(lines))]
-    assert len(pids) == 5 and all(_gone(pid) for pid in pids), "".join(lines)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    assert len(pids) == 5 and all(process_gone(pid) for pid in pids), "".join(lines)
