@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover clean
+.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover bench-replicas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ bench-cluster: $(STAMP)
 # SIGKILL of a primary under load, repeated: lost and repeated timers, outage.
 bench-failover: $(STAMP)
 	$(BIN)/python benchmarks/bench_failover.py
+
+bench-replicas: $(STAMP)
+	$(BIN)/python benchmarks/bench_replicas.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

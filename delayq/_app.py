@@ -21,6 +21,7 @@ from delayq._keys import Keys
 from delayq._layout import check_shards
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._producer import Producer
+from delayq._replicas import WaitForReplicas
 from delayq._runners import AsyncRunner, SyncRunner
 from delayq._sentinel import is_sentinel_url, parse_target, sentinel_url
 from delayq._sharded import ShardedStore
@@ -97,18 +98,26 @@ class Delayq(Producer):
         shards: int | None = None,
         sentinels: Iterable[tuple[str, int]] | None = None,
         service_name: str | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         """``shards``: how many hash slots a new namespace is spread over (default: 1 on one
         server, 16 on a cluster); an existing namespace keeps the count it was created with,
         and asking for another is an error.
 
         ``sentinels`` and ``service_name``: reach the primary through Redis Sentinel, as a
-        ``redis+sentinel://`` URL would (``url`` is then the one built from them)."""
+        ``redis+sentinel://`` URL would (``url`` is then the one built from them).
+
+        ``wait_replicas``: each write this app makes (schedule, touch, pause, resume,
+        reschedule, cancel, re-drive) returns only once that many replicas have it, or raises
+        ``NotReplicated`` after ``wait_timeout`` seconds (the write is stored on the primary
+        then). 0, the default, waits for none: replication stays asynchronous."""
         self.url = _chosen_url(url, sentinels, service_name)
         if namespace is None:
             namespace = os.environ.get("DELAYQ_NAMESPACE") or "default"
         self.keys = Keys(namespace)
         self.shards = None if shards is None else check_shards(shards)
+        self.wait = WaitForReplicas.of(wait_replicas, wait_timeout)
         if isinstance(max_payload_bytes, bool) or max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be a positive integer")
         self.max_payload_bytes = max_payload_bytes
@@ -164,7 +173,7 @@ class Delayq(Producer):
 
     def _runner(self) -> SyncRunner:
         if self._sync is None:
-            self._sync = sync_runner(self.url, self.redis_options)
+            self._sync = sync_runner(self.url, self.redis_options, self.wait)
         return self._sync
 
     async def _arunner(self) -> AsyncRunner:
@@ -172,7 +181,8 @@ class Delayq(Producer):
         # asyncio.run) gets a pool of its own. (``async with app`` closes each loop's pool.)
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            self._async = (loop, loop.create_task(async_runner(self.url, self.redis_options)))
+            connect = async_runner(self.url, self.redis_options, wait=self.wait)
+            self._async = (loop, loop.create_task(connect))
         connecting = self._async[1]
         if connecting.done() and connecting.exception() is None:
             return connecting.result()

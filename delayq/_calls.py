@@ -9,6 +9,7 @@ asyncio, so that each operation is written once for both.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -41,6 +42,9 @@ class Call(Generic[T]):
     # ``decode`` reads the reply as the server sent it (as for scripts), not as redis-py's reply
     # callback for the command would turn it: the runners may then send it on their direct path.
     raw: bool = False
+    # A write a producer asked for (scheduling, touching, control, cancelling, re-driving): with
+    # ``wait_replicas``, a WAIT follows it on its connection (see ``_replicas``).
+    replicate: bool = False
 
 
 def command(
@@ -57,8 +61,10 @@ def script(
     decode: Callable[[Any], T] = _as_is,
     refused: str | None = None,
     weight: int = 1,
+    replicate: bool = False,
 ) -> Call[T]:
-    return Call((*keys, *args), decode, name, len(keys), refused, weight=weight)
+    return Call((*keys, *args), decode, name, len(keys), refused, weight=weight,
+                replicate=replicate)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +90,9 @@ Flow = Generator[Step, Any, T]
 def mapped(call: Call[T], then: Callable[[T], U]) -> Call[U]:
     """The same call, its decoded reply passed through ``then``."""
     decode = call.decode
-    return Call(call.args, lambda reply: then(decode(reply)), call.script, call.numkeys,
-                call.refused, call.options, call.weight, call.raw)  # fmt: skip
+    # Every other field kept as it is (a field added later is not dropped here).
+    same: Call[Any] = call
+    return dataclasses.replace(same, decode=lambda reply: then(decode(reply)))
 
 
 def server_ms(reply: Any) -> int:

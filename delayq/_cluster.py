@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Call
+from delayq._replicas import WaitForReplicas, unwaited, waited
 from delayq._runners import AsyncRunner, SyncRunner, _direct_path, _Driven, _raised
 from delayq._sentinel import is_sentinel_url
 from delayq._sentinel_runners import async_sentinel_runner, sync_sentinel_runner
@@ -89,8 +90,10 @@ class _OnNodes(Generic[R]):
 
 
 class SyncClusterRunner(_OnNodes[SyncRunner], SyncRunner):
-    def __init__(self, url: str, options: dict[str, Any], topology: Topology) -> None:
-        self._nodes = _Nodes(url, topology, lambda u: SyncRunner.from_url(u, options))
+    def __init__(self, url: str, options: dict[str, Any], topology: Topology,
+                 wait: WaitForReplicas | None = None) -> None:  # fmt: skip
+        self._nodes = _Nodes(url, topology,
+                             lambda u: _waiting(SyncRunner.from_url(u, options), wait))  # fmt: skip
         super().__init__(self._nodes.node(topology.primaries[0]).client)
 
     def close(self) -> None:
@@ -147,7 +150,8 @@ class SyncClusterRunner(_OnNodes[SyncRunner], SyncRunner):
         results: list[Any] = [None] * len(sends)
         try:
             for i, step in enumerate(sends):
-                calls = [_ASKING, *step.calls] if step.asking else list(step.calls)
+                sent = waited(step.calls, step.transaction, self.wait)
+                calls = [_ASKING, *sent] if step.asking else list(sent)
                 pool = self._nodes.node(step.node).client.connection_pool
                 conn = pool.get_connection()
                 opened.append((pool, conn, calls))
@@ -159,6 +163,9 @@ class SyncClusterRunner(_OnNodes[SyncRunner], SyncRunner):
             for i, (_, conn, calls) in enumerate(opened):
                 if results[i] is None:
                     results[i] = _read_replies(conn, calls, asking=sends[i].asking)
+                    if not isinstance(results[i], Unreachable):
+                        sent = calls[1:] if sends[i].asking else calls
+                        results[i] = unwaited(sends[i].calls, sent, results[i], self.wait)
         finally:
             for pool, conn, _ in opened:
                 pool.release(conn)
@@ -180,9 +187,9 @@ class SyncClusterRunner(_OnNodes[SyncRunner], SyncRunner):
 
 class AsyncClusterRunner(_OnNodes[AsyncRunner], AsyncRunner):
     def __init__(self, url: str, options: dict[str, Any], topology: Topology, *,
-                 retry: bool = True) -> None:  # fmt: skip
-        self._nodes = _Nodes(url, topology,
-                             lambda u: AsyncRunner.from_url(u, options, retry=retry))  # fmt: skip
+                 retry: bool = True, wait: WaitForReplicas | None = None) -> None:  # fmt: skip
+        self._nodes = _Nodes(url, topology, lambda u: _waiting(
+            AsyncRunner.from_url(u, options, retry=retry), wait))  # fmt: skip
         super().__init__(self._nodes.node(topology.primaries[0]).client)
 
     async def close(self) -> None:
@@ -210,6 +217,16 @@ class AsyncClusterRunner(_OnNodes[AsyncRunner], AsyncRunner):
 
     def every_node(self) -> list[AsyncRunner]:
         return self._nodes.every_node()
+
+    @property
+    def spans_nodes(self) -> bool:
+        return True
+
+    def primaries(self) -> dict[str, AsyncRunner]:
+        return {_name(a): self._nodes.node(a) for a in self.topology.primaries}
+
+    def node_name(self, key: str) -> str:
+        return _name(self.topology.node_of(key) or self.topology.primaries[0])
 
     async def _relocate(self) -> None:
         with contextlib.suppress(*_LOST):
@@ -253,6 +270,10 @@ class AsyncClusterRunner(_OnNodes[AsyncRunner], AsyncRunner):
         return (await runner._send([_ASKING, *step.calls], step.transaction))[1:]
 
 
+def _name(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
 _ASKING: Call[Any] = Call(("ASKING",), raw=True)
 _RESEND = object()  # a node whose write failed: sent again on the ordinary path
 
@@ -273,12 +294,15 @@ def _read_replies(conn: Any, calls: list[Call[Any]], *, asking: bool) -> Any:
     return replies[1:] if asking else replies
 
 
-def sync_runner(url: str, options: dict[str, Any]) -> SyncRunner:
+def sync_runner(
+    url: str, options: dict[str, Any], wait: WaitForReplicas | None = None
+) -> SyncRunner:
     """A runner for the server at ``url``: a cluster runner if it runs in cluster mode, one
-    that follows the primary the sentinels name for a ``redis+sentinel://`` URL."""
+    that follows the primary the sentinels name for a ``redis+sentinel://`` URL. ``wait``: a
+    WAIT after the producer's writes, on every node (see ``_replicas``)."""
     if is_sentinel_url(url):
-        return sync_sentinel_runner(url, options)
-    plain = SyncRunner.from_url(url, options)
+        return _waiting(sync_sentinel_runner(url, options), wait)
+    plain = _waiting(SyncRunner.from_url(url, options), wait)
     if not plain.run(cluster_enabled()):
         return plain
     try:
@@ -286,14 +310,16 @@ def sync_runner(url: str, options: dict[str, Any]) -> SyncRunner:
         topology = plain.run(cluster_slots())
     finally:
         plain.close()
-    return SyncClusterRunner(url, options, topology)
+    return _waiting(SyncClusterRunner(url, options, topology, wait), wait)
 
 
-async def async_runner(url: str, options: dict[str, Any], *, retry: bool = True) -> AsyncRunner:
+async def async_runner(
+    url: str, options: dict[str, Any], *, retry: bool = True, wait: WaitForReplicas | None = None
+) -> AsyncRunner:
     """``sync_runner`` for asyncio."""
     if is_sentinel_url(url):
-        return await async_sentinel_runner(url, options, retry=retry)
-    plain = AsyncRunner.from_url(url, options, retry=retry)
+        return _waiting(await async_sentinel_runner(url, options, retry=retry), wait)
+    plain = _waiting(AsyncRunner.from_url(url, options, retry=retry), wait)
     if not await plain.run(cluster_enabled()):
         return plain
     try:
@@ -301,4 +327,12 @@ async def async_runner(url: str, options: dict[str, Any], *, retry: bool = True)
         topology = await plain.run(cluster_slots())
     finally:
         await plain.close()
-    return AsyncClusterRunner(url, options, topology, retry=retry)
+    return _waiting(AsyncClusterRunner(url, options, topology, retry=retry, wait=wait), wait)
+
+
+W = TypeVar("W", SyncRunner, AsyncRunner)
+
+
+def _waiting(runner: W, wait: WaitForReplicas | None) -> W:
+    runner.wait = wait
+    return runner

@@ -108,6 +108,9 @@ class ClusterNode:
                 "--cluster-port", str(bus_port),
                 # A replica's first sync otherwise waits 5 s for more replicas to join it.
                 "--repl-diskless-sync-delay", "0",
+                # DEBUG from loopback clients only (the nodes listen on nothing else): tests
+                # turn active expiry off with it, leaving keys to expire when read.
+                "--enable-debug-command", "local",
                 *(("--tls-cluster", "yes") if tls else ()),
             ),
             binary=binary,

@@ -39,3 +39,14 @@ class ServerOutOfMemory(DelayqError):
         super().__init__(message)
         #: For a batch: how many of its operations, in order, were done before the refusal.
         self.completed = completed
+
+
+class NotReplicated(DelayqError):
+    """With ``wait_replicas``: a write was made on the primary, but fewer replicas than asked
+    confirmed it within ``wait_timeout``. It is stored, and fires as usual, unless the primary
+    fails before it replicates it. Scheduling again with the same timer id is safe."""
+
+    def __init__(self, message: str, *, acknowledged: int, wanted: int) -> None:
+        super().__init__(message)
+        self.acknowledged = acknowledged
+        self.wanted = wanted

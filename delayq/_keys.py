@@ -46,6 +46,8 @@ def check_namespace(namespace: str) -> str:
 # Ids delayq makes itself (watch timers, periodic ticks) start with this; users' may not.
 RESERVED_PREFIX = "~"
 WATCH_ID_PREFIX = RESERVED_PREFIX + "w:"
+# A watched key's job once fired (its retries, its re-drives): a plain timer, not a watch timer.
+WATCH_JOB_PREFIX = RESERVED_PREFIX + "j:"
 TICK_ID_PREFIX = RESERVED_PREFIX + "p:"
 
 
@@ -198,7 +200,8 @@ class Keys:
     def plain_watch_job_id(timer_id: str, kind: str, entry_id: str) -> str:
         """A plain timer for one expiry's job once it has fired (``kind``: retry, redrive): a
         watch timer id would be taken up by the watched key's next life."""
-        return f"{timer_id.removeprefix(RESERVED_PREFIX)}#{kind}-{entry_id}"
+        watch = timer_id.removeprefix(WATCH_ID_PREFIX).removeprefix(WATCH_JOB_PREFIX)
+        return f"{WATCH_JOB_PREFIX}{watch}#{kind}-{entry_id}"
 
     def data_pattern(self) -> str:
         """The keys holding payloads, as a SCAN pattern."""
@@ -251,11 +254,13 @@ def acl_rules(home: Keys, shards: Sequence[Keys], db: int = 0,
 # Every command delayq sends, directly or from its scripts. CONFIG GET lets a worker check
 # notify-keyspace-events; without it the worker checks by experiment (CONFIG SET is optional).
 # CLUSTER SLOTS and ASKING: a cluster's slot map, and a call sent to a slot being moved.
+# WAIT: with wait_replicas. PEXPIRETIME: watched keys read on their own node (a cluster).
 ACL_COMMANDS = (
     "ping", "time", "hello", "select", "client|setinfo", "client|setname", "config|get",
     "memory|usage", "cluster|slots", "asking",
     "evalsha", "eval", "script|load", "multi", "exec", "discard",
-    "get", "set", "del", "exists", "type", "pttl", "pexpire", "scan", "incr", "zscan",
+    "get", "set", "del", "exists", "type", "pttl", "pexpire", "pexpiretime", "scan", "incr",
+    "zscan", "wait",
     "zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore", "zcard",
     "hget", "hset", "hdel", "hexists", "hgetall", "hmget", "hlen", "hincrby", "hkeys",
     "rename",

@@ -27,7 +27,16 @@ from typing import TypeVar
 
 from delayq._calls import Flow, command
 from delayq._errors import ConfigurationError
-from delayq._keys import BUCKETS, KEY_ROOT, RESERVED_PREFIX, Keys, acl_rules, check_namespace
+from delayq._keys import (
+    BUCKETS,
+    KEY_ROOT,
+    RESERVED_PREFIX,
+    WATCH_ID_PREFIX,
+    WATCH_JOB_PREFIX,
+    Keys,
+    acl_rules,
+    check_namespace,
+)
 from delayq._topology import SLOTS, slot_of
 
 T = TypeVar("T")
@@ -36,6 +45,7 @@ MAX_SHARDS = 256
 # Suffixes of ids delayq derives from another id (see Keys.retry_id, plain_watch_job_id).
 _DERIVED = ("#retry-", "#redrive-")
 _RETIRED = RESERVED_PREFIX + "c:"  # Keys.retired_cycle_id: "~c:<nonce>:<timer id>"
+_WATCHED = (WATCH_ID_PREFIX, WATCH_JOB_PREFIX)
 _TICK = "p:"  # a periodic tick without its "~": "p:<task>@<ms>"
 
 
@@ -61,7 +71,9 @@ def base_id(timer_id: str) -> str:
 
 
 def shard_of(timer_id: str, count: int) -> int:
-    if count == 1:
+    if count == 1 or timer_id.startswith(_WATCHED):
+        # Watched keys' timers are the watch leader's, which applies their events in order
+        # through one script: they all live in the first shard, with the watch index.
         return 0
     return zlib.crc32(base_id(timer_id).encode("utf-8", "surrogatepass")) % count
 

@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Batch, Call, Flow, Step
 from delayq._errors import ServerOutOfMemory
+from delayq._replicas import WaitForReplicas, unwaited, waited
 from delayq._scripts import SCRIPTS
 from delayq._wire import packed, wire
 
@@ -135,6 +136,9 @@ FOLLOW_EVERY_S = 1.0
 
 
 class SyncRunner:
+    # Set by ``sync_runner``: a WAIT after the producer's writes (see ``_replicas``).
+    wait: WaitForReplicas | None = None
+
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
@@ -215,6 +219,10 @@ class SyncRunner:
         """The calls' replies in order, an error reply as its exception."""
         if not calls:
             return []
+        sent = waited(calls, transaction, self.wait)
+        return unwaited(calls, sent, self._transmit(sent, transaction), self.wait)
+
+    def _transmit(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
         if _direct_path(calls, transaction):
             with contextlib.suppress(*DROPPED):
                 return self._direct(calls)
@@ -249,6 +257,7 @@ class AsyncRunner:
     ``_one``): a thousand concurrent ``aschedule()`` cost a few round trips, not a thousand."""
 
     _followed_at = float("-inf")  # when follow() last read where nodes are (monotonic)
+    wait: WaitForReplicas | None = None  # as for SyncRunner
 
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
@@ -368,6 +377,10 @@ class AsyncRunner:
         """The calls' replies in order, an error reply as its exception."""
         if not calls:
             return []
+        sent = waited(calls, transaction, self.wait)
+        return unwaited(calls, sent, await self._transmit(sent, transaction), self.wait)
+
+    async def _transmit(self, calls: Sequence[Call[Any]], transaction: bool) -> list[Any]:
         if _direct_path(calls, transaction):
             with contextlib.suppress(*DROPPED):
                 return await self._direct(calls)
@@ -406,6 +419,20 @@ class AsyncRunner:
 
     def every_node(self) -> list[AsyncRunner]:
         return [self]
+
+    @property
+    def spans_nodes(self) -> bool:
+        """Whether keys live on several servers (a cluster), so that a script cannot reach
+        every key it might be given."""
+        return False
+
+    def primaries(self) -> dict[str, AsyncRunner]:
+        """The runner of each server holding keys, by a name of the server ("" on one)."""
+        return {"": self}
+
+    def node_name(self, key: str) -> str:
+        """The name (as in ``primaries``) of the server holding ``key``."""
+        return ""
 
     async def follow(self) -> None:
         """Read again where keys live, at most once per FOLLOW_EVERY_S: many listeners ask,

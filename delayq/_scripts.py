@@ -28,6 +28,8 @@ NAMES = (
     "watch",
     "watch_lease",
     "watch_probe",
+    "watch_touch",
+    "companion",
     "forget",
     "periodic",
     "tick_in_flight",

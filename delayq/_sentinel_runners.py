@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Call, command
+from delayq._replicas import unwaited, waited
 from delayq._runners import (
     AsyncRunner,
     Subscription,
@@ -141,12 +142,15 @@ class SyncSentinelRunner(SyncRunner):
         return flow.result
 
     def _attempt(self, step: Attempt) -> list[Any]:
-        if _direct_path(step.calls, step.transaction):
-            return self._answers(step.calls)
+        # A WAIT per attempt: calls sent again on a new connection are waited for there.
+        sent = waited(step.calls, step.transaction, self.wait)
+        if _direct_path(sent, step.transaction):
+            return unwaited(step.calls, sent, self._answers(sent), self.wait)
         try:
-            return super()._send(step.calls, step.transaction)  # redis-py's pipeline
+            replies = super()._transmit(sent, step.transaction)  # redis-py's pipeline
         except (*_LOST, ResponseError) as exc:
             return _unanswered(step, exc)
+        return unwaited(step.calls, sent, replies, self.wait)
 
     def _answers(self, calls: Sequence[Call[Any]]) -> list[Any]:
         """The replies read before the connection failed, then ``Unanswered`` for the rest."""
@@ -266,12 +270,14 @@ class AsyncSentinelRunner(AsyncRunner):
         return flow.result
 
     async def _attempt(self, step: Attempt) -> list[Any]:
-        if _direct_path(step.calls, step.transaction):
-            return await self._answers(step.calls)
+        sent = waited(step.calls, step.transaction, self.wait)  # as in the sync runner
+        if _direct_path(sent, step.transaction):
+            return unwaited(step.calls, sent, await self._answers(sent), self.wait)
         try:
-            return await super()._send(step.calls, step.transaction)
+            replies = await super()._transmit(sent, step.transaction)
         except (*_LOST, ResponseError) as exc:
             return _unanswered(step, exc)
+        return unwaited(step.calls, sent, replies, self.wait)
 
     async def _answers(self, calls: Sequence[Call[Any]]) -> list[Any]:
         pool = self.client.connection_pool

@@ -161,7 +161,7 @@ class StoreCalls:
             t = req.timer_id
             keys += (k.shadow(t), k.data(t))
             args += (t, req.payload, req.when.mode, req.when.ms, "1" if req.replace else "0")
-        return script("schedule", keys, args, refused=refused, weight=len(reqs),
+        return script("schedule", keys, args, refused=refused, weight=len(reqs), replicate=True,
                       decode=lambda reply: _armed(reqs, reply))  # fmt: skip
 
     def touch(self, req: TouchRequest) -> Call[Touched]:
@@ -183,7 +183,7 @@ class StoreCalls:
             keys += (k.shadow(t), k.data(t), k.items(t), k.data(retired), k.items(retired))
             args += (t, req.payload, req.window_ms, req.mode, req.max_items, req.max_wait_ms,
                      req.item, retired)  # fmt: skip
-        return script("touch", keys, args, refused=refused, weight=len(reqs),
+        return script("touch", keys, args, refused=refused, weight=len(reqs), replicate=True,
                       decode=lambda reply: _touched(reqs, reply))  # fmt: skip
 
     # -- one timer ----------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class StoreCalls:
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index_of(timer_id),
                 k.paused, k.first_touch]  # fmt: skip
-        return script("cancel", keys, [timer_id], decode=bool)
+        return script("cancel", keys, [timer_id], decode=bool, replicate=True)
 
     def control(
         self, timer_id: str, operation: str, ms: int = 0, *, duration_ms: int = 0
@@ -211,6 +211,7 @@ class StoreCalls:
         verb = "reschedule" if operation in ("delay", "at") else operation
         args: list[Any] = [timer_id, operation, ms, k.wake_channel, duration_ms]
         return script("control", keys, args, refused=f"{verb} of timer {timer_id!r} was",
+                      replicate=True,
                       decode=lambda r: Controlled(int(r[0]), int(r[1]), int(r[2])))  # fmt: skip
 
     def lookup(self, timer_id: str) -> Flow[Lookup]:
@@ -305,7 +306,7 @@ class StoreCalls:
             t = Keys.plain_watch_job_id(t, "redrive", letter.entry_id)
         keys = [k.dead, k.shadow(t), k.data(t), k.index, k.items(t)]
         args: list[Any] = [letter.entry_id, t, payload, k.wake_channel, letter.raw_items]
-        return script("redrive", keys, args, decode=int,
+        return script("redrive", keys, args, decode=int, replicate=True,
                       refused=f"re-arming dead letter {letter.entry_id} was")  # fmt: skip
 
     def purge_dead(self, entry_ids: list[str] | None = None) -> Flow[int]:

@@ -6,15 +6,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
-import pytest
 from redis.crc import key_slot
 
-from delayq import ConfigurationError, Delayq, Worker
+from delayq import Delayq
 from delayq._cluster_server import ClusterNode, LocalCluster
 from tests.cluster_fixtures import exactly_once, owner, schedule_spread, start_ledger
-from tests.conftest import FAST, WorkerThread, wait_until
+from tests.conftest import WorkerThread, wait_until
 
 
 def _flags(node: ClusterNode) -> str:
@@ -94,19 +92,6 @@ def test_listener_follows_the_namespace_to_its_new_node(
         cluster.failover(index)
     wait_until(lambda: subscribed(before), timeout=15)
     app.close()
-
-
-def test_watchers_are_refused_on_a_cluster_with_a_clear_error(cluster: LocalCluster) -> None:
-    app = Delayq(cluster.url, namespace="x" + uuid.uuid4().hex[:10])
-
-    @app.on_expire("session:*")
-    def gone(key: str, suffix: str, data: Any) -> None:
-        del key, suffix, data
-
-    worker = Worker(app, FAST)
-    with pytest.raises(ConfigurationError, match="on_expire watchers do not run on a Redis"):
-        worker.run(install_signal_handlers=False)
-    assert worker.stopped.is_set()
 
 
 def test_a_killed_primary_costs_at_most_the_unreplicated_moments(

@@ -52,13 +52,21 @@ def test_derived_ids_share_their_origins_shard() -> None:
         "order-1": ["order-1#retry-1-0", "order-1#retry-1-0#retry-2-0", "order-1#redrive-3-0",
                     Keys.retired_cycle_id("order-1", "ab12"), "~order-1"],
         "p:report": [Keys.tick_id("report", 1_700_000_000_000), Keys.tick_id("report", 5)],
-        "w:gone|session:1": [Keys.watch_timer_id("gone", "session:1"),
-                             Keys.plain_watch_job_id("~w:gone|session:1", "retry", "1-0")],
     }  # fmt: skip
     for origin, ids in derived.items():
         for timer_id in ids:
             assert base_id(timer_id) == origin, timer_id
             assert shard_of(timer_id, 16) == shard_of(origin, 16)
+
+
+def test_watched_keys_timers_live_in_the_first_shard() -> None:
+    watch = Keys.watch_timer_id("gone", "session:1")
+    job = Keys.plain_watch_job_id(watch, "retry", "1-0")
+    assert job.startswith("~j:gone|session:1#retry-1-0")
+    again = Keys.plain_watch_job_id(job, "redrive", "2-0")
+    ids = [watch, job, again, f"{job}#retry-3-0"]
+    assert {shard_of(i, 16) for i in ids} == {0}
+    assert shard_of("w:gone|session:2", 16) != 0  # a user's id that merely looks alike
 
 
 def test_ids_spread_evenly() -> None:

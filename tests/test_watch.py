@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -178,3 +179,21 @@ def test_comeback_right_after_an_alert_alerts_again(
     wait_until(lambda: len(fired) == 600, timeout=20)
     time.sleep(0.5)
     assert len(fired) == 600
+
+
+def test_a_namespace_of_several_shards_watches_keys_in_its_first_shard(
+    server: Any, namespace: str, start_worker: Callable[..., WorkerThread], rclient: redis.Redis
+) -> None:
+    """Watch timers, and the plain timers of their retries, live in shard 0 with the watch
+    index; the other shards serve plain timers as usual."""
+    app = Delayq(server.url, namespace=namespace, shards=4)
+    fired = watcher_app(app, fail_first=True)
+    start_worker(app)
+    ns = app.namespace
+    rclient.set(f"{ns}:device_data:flaky", "kept")
+    rclient.set(f"{ns}:last_seen:flaky", "1", px=300)
+    wait_until(lambda: fired, timeout=10)
+    time.sleep(0.5)
+    assert [(s, d) for _, s, d, _ in fired] == [("flaky", b"kept")]  # retried, with its data
+    wait_until(lambda: app.pending_count() == 0, timeout=5)
+    app.close()

@@ -3,6 +3,7 @@ I/O (``Engine`` sends them with the worker's asyncio runner)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,10 @@ class WatchOp:
     op: str  # write, scan, gone, expired, observe
     target: WatchTarget
     seen_ms: int | None = None  # observe: the probe's server time
+    # The node whose keyspace event this is (a cluster; "" when not an event): a replica
+    # publishes the writes it replays, so an event heard from a node that no longer holds the
+    # key (demoted by a failover, or the slot moved) is not that key's.
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,15 @@ def _fire_result(reply: list[Any]) -> FireResult:
     return FireResult(now, fired, None if next_due < 0 else next_due, orphans)
 
 
+def _watch_op_args(op: WatchOp) -> tuple[Any, ...]:
+    w = op.target
+    return (op.op, w.timer_id, w.payload, op.seen_ms if op.seen_ms is not None else "")
+
+
+def _watch_result(reply: list[Any]) -> FireResult | None:
+    return None if int(reply[0]) < 0 else _fire_result([*reply, 0])
+
+
 def _due(reply: list[Any]) -> Due:
     first = int(reply[1])
     return Due(int(reply[0]), None if first < 0 else first, [i.decode() for i in reply[2:]])
@@ -164,17 +178,41 @@ class WorkerCalls:
     def apply_watch(self, token: str, ops: list[WatchOp]) -> Call[FireResult | None]:
         """watch.lua: apply these operations in order; None if ``token`` lost the lease."""
         k = self.keys
-        keys = [k.watch_lease, k.watch_index, k.ready, k.stats, k.paused]
-        args: list[Any] = [token]
+        keys = [*self._watch_keys()]
+        args: list[Any] = [token, "read"]
         for op in ops:
             w = op.target
             keys += (w.key, k.data(w.timer_id), w.companion or "")
-            args += (op.op, w.timer_id, w.payload, op.seen_ms if op.seen_ms is not None else "")
+            args += _watch_op_args(op)
+        return script("watch", keys, args, decode=_watch_result)
 
-        def decode(reply: list[Any]) -> FireResult | None:
-            return None if int(reply[0]) < 0 else _fire_result([*reply, 0])
+    def apply_watch_given(
+        self, token: str, ops: list[WatchOp], owner: Callable[[str], str]
+    ) -> Flow[FireResult | None]:
+        """As ``apply_watch``, for watched keys on other nodes than the watch index (a
+        cluster): read them first, each on its own node, then pass what was read. ``owner``
+        names the node holding a key, as the runner knows it once the reads went through:
+        events heard from another node are dropped."""
+        reads: list[Call[Any]] = [command("PEXPIRETIME", op.target.key) for op in ops]
+        wanted = [i for i, op in enumerate(ops)
+                  if op.op in ("expired", "observe") and op.target.companion]  # fmt: skip
+        reads += (script("companion", [ops[i].target.companion]) for i in wanted)
+        replies = yield Batch(reads)
+        companions = dict(zip(wanted, replies[len(ops) :], strict=True))
+        keys = [*self._watch_keys()]
+        args: list[Any] = [token, "given"]
+        for i, op in enumerate(ops):
+            if op.node and op.node != owner(op.target.key):
+                continue
+            value = companions.get(i)
+            keys.append(self.keys.data(op.target.timer_id))
+            args += (*_watch_op_args(op), int(replies[i]), "" if value is None else b"=" + value)
+        result: FireResult | None = yield script("watch", keys, args, decode=_watch_result)
+        return result
 
-        return script("watch", keys, args, decode=decode)
+    def _watch_keys(self) -> list[str]:
+        k = self.keys
+        return [k.watch_lease, k.watch_index, k.ready, k.stats, k.paused]
 
     def probe_watch(self, channel: str, seq: int, targets: list[WatchTarget]) -> Call[int]:
         """watch_probe.lua: expire what is overdue, then publish a barrier with the ids to
@@ -182,6 +220,25 @@ class WorkerCalls:
         keys = [self.keys.watch_index, *(t.key for t in targets)]
         args: list[Any] = [channel, seq, *(t.timer_id for t in targets)]
         return script("watch_probe", keys, args, decode=lambda reply: int(reply[1]))
+
+    def watch_scores(self, targets: list[WatchTarget]) -> Call[list[int | None]]:
+        """The watch timers' deadlines (None for one not armed)."""
+        return command("ZMSCORE", self.keys.watch_index, *(t.timer_id for t in targets),
+                       decode=lambda scores: [None if s is None else int(float(s))
+                                              for s in scores])  # fmt: skip
+
+    @staticmethod
+    def touch_watched(
+        channel: str, seq: int, seen_ms: int, targets: list[tuple[WatchTarget, int]]
+    ) -> Call[tuple[int, int]]:
+        """watch_touch.lua, on the node holding these targets' keys (a cluster), each with
+        its timer's deadline: expire what is overdue there, then publish a barrier judging,
+        as seen at ``seen_ms`` (the watch index's clock), each timer not at its key's last
+        millisecond. Returns (ids published, ms until the first key left out, or -1)."""
+        args = [channel, seq, seen_ms]
+        for target, score in targets:
+            args += (target.timer_id, target.key, score)
+        return script("watch_touch", [], args, decode=lambda r: (int(r[0]), int(r[1])))
 
     def adopt_old_watch_timers(self, count: int) -> Flow[None]:
         """Adopt every watch timer found in the plain due index (see adopt_watch_timers)."""

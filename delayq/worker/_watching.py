@@ -11,6 +11,11 @@ takes its place in the queue after every event that happened before the look, so
 due when the barrier is applied was armed for a life that ended unheard (watch.lua "observe").
 Scans find keys whose events were missed (at each leadership, after a reconnect, and with the
 orphan scans).
+
+On a cluster the watched keys live on every primary, where their events are published: the
+leader subscribes on each (following failovers and resharding), reads each key on its own node
+before applying its events (watch.lua "given"), and probes each node for its own keys, with a
+barrier on a channel of that node (watch_touch.lua).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from delayq._keys import Keys
 from delayq._runners import AsyncRunner, Subscription
 from delayq._watch import Watcher, WatchTarget, resolve
 from delayq.worker._engine import Engine, WatchOp, monotonic_ms
+from delayq.worker._listener import LAYOUT_CHECK_S
 from delayq.worker._loops import wait_any, wait_or_stop
 
 log = logging.getLogger("delayq.worker")
@@ -54,6 +60,20 @@ class LeaseLost(Exception):
     """Another worker leads the watched keys now."""
 
 
+class _Probe:
+    """A look at due watch timers: done when the barrier of every node looked at was
+    applied (``parts`` still to come)."""
+
+    def __init__(self) -> None:
+        self.applied = asyncio.Event()
+        self.parts = 1
+
+    def part_done(self) -> None:
+        self.parts -= 1
+        if self.parts <= 0:
+            self.applied.set()
+
+
 class Watching:
     def __init__(
         self, app: Delayq, engine: Engine, listen: AsyncRunner, *, db: int, batch: int,
@@ -75,7 +95,7 @@ class Watching:
         self.queued = asyncio.Event()
         self.wake = asyncio.Event()  # a watch deadline may have come earlier
         self.scan_requested = asyncio.Event()
-        self.probes: dict[int, asyncio.Event] = {}
+        self.probes: dict[int, _Probe] = {}
         # Set when a leadership ends: its loops stop at their next turn even if a cancellation
         # was swallowed on the way (the client may absorb one in the middle of a command).
         self.ending = asyncio.Event()
@@ -171,30 +191,59 @@ class Watching:
 
     # -- hearing ------------------------------------------------------------------------------
 
+    def barrier(self, node: str) -> str:
+        """The channel of the barriers published on ``node`` (see ``AsyncRunner.primaries``)."""
+        return f"{self.channel}@{node}" if node else self.channel
+
     async def _listen(self) -> None:
-        """The leader's subscription; after each (re)connect, a scan covers what was missed."""
+        """A subscription on every server holding keys, following the cluster's layout."""
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while not self.ending.is_set():
+                nodes = self.listen.primaries()
+                for name in running.keys() - nodes.keys():
+                    running.pop(name).cancel()
+                for name, node in nodes.items():
+                    task = running.get(name)
+                    if task is not None and task.done():
+                        failure = None if task.cancelled() else task.exception()
+                        log.warning("watched-keys subscription%s failed (%r); subscribing again",
+                                    f" on {name}" if name else "", failure)  # fmt: skip
+                    if task is None or task.done():
+                        running[name] = asyncio.create_task(self._listen_on(name, node))
+                if await wait_or_stop(self.ending, LAYOUT_CHECK_S):
+                    return
+                await self.listen.follow()
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _listen_on(self, name: str, node: AsyncRunner) -> None:
+        """One server's subscription; after each (re)connect, a scan covers what was missed."""
         backoff = 0.05
         while not self.ending.is_set():
-            pubsub = self.listen.subscription()
+            pubsub = node.subscription()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.barrier(name))
                 await pubsub.psubscribe(*self.subscriptions)
-                await self._confirmed(pubsub, 1 + len(self.subscriptions))
+                await self._confirmed(pubsub, 1 + len(self.subscriptions), name)
                 self.scan_requested.set()
                 self.wake.set()
                 backoff = 0.05
                 while not self.ending.is_set():
                     message = await pubsub.message(timeout=1.0)
                     if message is not None:
-                        self._heard(message)
+                        self._heard(message, name)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("watched-keys subscription lost its connection: %s", exc)
+                log.warning("watched-keys subscription %slost its connection: %s",
+                            f"on {name} " if name else "", exc)  # fmt: skip
             finally:
                 await pubsub.aclose()
             await wait_or_stop(self.ending, backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _confirmed(self, pubsub: Subscription, expected: int) -> None:
+    async def _confirmed(self, pubsub: Subscription, expected: int, node: str) -> None:
         confirmed = 0
         while confirmed < expected:
             message = await pubsub.message(timeout=5.0, confirmations=True)
@@ -203,9 +252,9 @@ class Watching:
             if message["type"] in ("subscribe", "psubscribe"):
                 confirmed += 1
             else:
-                self._heard(message)
+                self._heard(message, node)
 
-    def _heard(self, message: dict[str, Any]) -> None:
+    def _heard(self, message: dict[str, Any], node: str) -> None:
         if message["type"] == "pmessage":
             try:
                 key = message["channel"].decode()[len(self.keyspace_prefix) :]
@@ -213,7 +262,7 @@ class Watching:
                 return  # not a name delayq could have been asked to watch
             op = EVENT_OPS.get(message["data"].decode(errors="replace"))
             if op is not None:
-                self.queue.append((op, key))
+                self.queue.append((op, key, node))
         elif message["type"] == "message":
             seq, seen_ms, *ids = msgpack.unpackb(message["data"], raw=False)
             self.queue.append(("observe", seen_ms, ids, seq))
@@ -232,7 +281,7 @@ class Watching:
                 await self._apply(ops)
                 for seq in probes:
                     if seq in self.probes:
-                        self.probes[seq].set()
+                        self.probes[seq].part_done()
 
     def _take(self) -> tuple[list[WatchOp], list[int]]:
         """The queue's next operations, in order, up to a batch (whole items)."""
@@ -245,12 +294,12 @@ class Watching:
                 ops += (WatchOp("observe", self.resolve(i), seen_ms) for i in ids)
                 probes.append(seq)
                 continue
-            op, key = item
+            op, key, node = item
             for target in self.targets(key):
                 last = ops[-1] if ops else None
                 if last and last.op == op == "write" and last.target.timer_id == target.timer_id:
                     continue  # SET ... EX publishes set and expire: one look is enough
-                ops.append(WatchOp(op, target))
+                ops.append(WatchOp(op, target, node=node))
         return ops, probes
 
     async def _apply(self, ops: list[WatchOp]) -> None:
@@ -259,7 +308,7 @@ class Watching:
         backoff = 0.05
         while not self.ending.is_set():
             try:
-                result = await self.engine.run(self.engine.apply_watch(self.token, ops))
+                result = await self.engine.run(self._applied(ops))
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # The queue keeps its order only if this batch goes through before the next.
                 log.warning("applying watched-key events failed (%s); retrying", exc)
@@ -272,15 +321,20 @@ class Watching:
         self.armed += sum(op.op in ("write", "scan") for op in ops)
         self.wake.set()
 
+    def _applied(self, ops: list[WatchOp]) -> Any:
+        if self.engine.io.spans_nodes:
+            return self.engine.apply_watch_given(self.token, ops, self.engine.io.node_name)
+        return self.engine.apply_watch(self.token, ops)
+
     # -- deadlines and scans ------------------------------------------------------------------
 
     async def _deadlines(self) -> None:
         while not self.ending.is_set():
             self.wake.clear()
-            due = await self.engine.run(self.engine.due(self.app.keys.watch_index, self.batch))
+            due = await self.engine.run(self.engine.due(self.engine.keys.watch_index, self.batch))
             self.offset_ms = due.now_ms - monotonic_ms()
             if due.ids:
-                await self._probe([self.resolve(i) for i in due.ids])
+                await self._probe([self.resolve(i) for i in due.ids], due.now_ms)
                 continue
             timeout = MAX_IDLE_WAIT
             if due.first_ms is not None:
@@ -288,17 +342,59 @@ class Watching:
                 timeout = min(timeout, max(left, 0.001))
             await wait_any([self.wake, self.ending], timeout)
 
-    async def _probe(self, targets: list[WatchTarget]) -> None:
+    async def _probe(self, targets: list[WatchTarget], seen_ms: int) -> None:
         """Look at due timers, and wait until the queue applied the look in its place."""
         self.probe_seq += 1
         seq = self.probe_seq
-        applied = self.probes[seq] = asyncio.Event()
+        probe = self.probes[seq] = _Probe()
         try:
-            if await self.engine.run(self.engine.probe_watch(self.channel, seq, targets)) == 0:
+            if self.engine.io.spans_nodes:
+                await self._probe_nodes(probe, seq, seen_ms, targets)
+            elif await self.engine.run(self.engine.probe_watch(self.channel, seq, targets)) == 0:
                 await asyncio.sleep(0.001)  # keys at their last millisecond: look again
-            await wait_any([applied, self.ending], PROBE_TIMEOUT)
+            await wait_any([probe.applied, self.ending], PROBE_TIMEOUT)
         finally:
             self.probes.pop(seq, None)
+
+    async def _probe_nodes(
+        self, probe: _Probe, seq: int, seen_ms: int, targets: list[WatchTarget]
+    ) -> None:
+        """The look on a cluster: each node looks at the keys it holds, in one part each."""
+        io = self.engine.io
+        scores = await self.engine.run(self.engine.watch_scores(targets))
+        parts: dict[str, list[tuple[WatchTarget, int]]] = {}
+        for target, score in zip(targets, scores, strict=True):
+            if score is not None:  # a timer gone since needs no judging
+                parts.setdefault(io.node_name(target.key), []).append((target, score))
+        nodes = io.primaries()
+        names = [name for name in parts if name in nodes]
+        probe.parts = len(names)
+        if not names:
+            probe.part_done()
+        looks = await asyncio.gather(
+            *(nodes[n].run(self.engine.touch_watched(self.barrier(n), seq, seen_ms, parts[n]))
+              for n in names),
+            return_exceptions=True,
+        )  # fmt: skip
+        failed = len(parts) - len(names)  # on a node the layout read knows no more
+        waits: list[int] = []
+        for look in looks:
+            if isinstance(look, BaseException):
+                log.debug("a look at due watched keys failed (%r); looking again", look)
+                failed += 1
+                probe.part_done()  # its barrier will not come
+                continue
+            published, wait = look
+            if published == 0:
+                probe.part_done()
+            if wait >= 0:
+                waits.append(wait)
+        if failed:
+            await io.follow()
+            waits.append(100)
+        if waits:
+            # Keys at their last millisecond, or a look that failed: look again after that.
+            await wait_or_stop(self.ending, min(max(min(waits), 1), 1000) / 1000)
 
     async def _scans(self) -> None:
         while not self.ending.is_set():
@@ -311,13 +407,14 @@ class Watching:
 
     async def scan(self) -> None:
         """Queue every key matching a watched pattern (their events may have been missed)."""
-        for pattern in self.patterns():
-            cursor = 0
-            while not self.ending.is_set():
-                cursor, keys = await self.engine.run(
-                    self.engine.scan_keys(cursor, pattern, SCAN_COUNT)
-                )
-                self.queue.extend(("scan", key) for key in keys)
-                self.queued.set()
-                if cursor == 0:
-                    break
+        for node in self.engine.io.primaries().values():
+            for pattern in self.patterns():
+                cursor = 0
+                while not self.ending.is_set():
+                    cursor, keys = await node.run(
+                        self.engine.scan_keys(cursor, pattern, SCAN_COUNT)
+                    )
+                    self.queue.extend(("scan", key, "") for key in keys)
+                    self.queued.set()
+                    if cursor == 0:
+                        break

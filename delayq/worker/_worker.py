@@ -19,10 +19,9 @@ import threading
 from typing import Any, TypeVar
 
 from delayq._app import Delayq
-from delayq._cluster import AsyncClusterRunner, async_runner
+from delayq._cluster import async_runner
 from delayq._connection import redact_url
 from delayq._defaults import find_task
-from delayq._errors import ConfigurationError
 from delayq._runners import AsyncRunner
 from delayq._task import Task
 from delayq.worker._checks import ensure_notifications, hint_source, warn_on_eviction
@@ -124,12 +123,6 @@ class Worker:
         settings, app = self.settings, self.app
         layout = await io.run(app.store.layout())
         first = layout.shards[0]
-        if app.watchers and (isinstance(io, AsyncClusterRunner) or layout.count > 1):
-            raise ConfigurationError(
-                "on_expire watchers do not run on a Redis Cluster or a namespace of several "
-                f"shards yet ({', '.join(sorted(app.watchers))}): watched keys live on every "
-                "node; use one server and a namespace of one shard for them"
-            )
         flags = await ensure_notifications(
             io, first, configure=settings.configure_server, keyspace=bool(app.watchers)
         )
