@@ -41,14 +41,14 @@ DEFAULT_MAX_PAYLOAD = 512 * 1024
 DEFAULT_DEAD_LETTER_BYTES = 64 * 1024 * 1024
 
 
-def _chosen_url(url: str | None, sentinels: Any, service_name: Any) -> str:
+def _chosen_url(url: str | None, sentinels: Any, service_name: Any, tls: bool) -> str:
     if sentinels is None and service_name is None:
         return url or os.environ.get("DELAYQ_URL") or DEFAULT_URL
     if url is not None:
         raise ConfigurationError("give either a URL or sentinels= and service_name=, not both")
     if sentinels is None:
         raise ConfigurationError("service_name= needs sentinels=, the sentinels' (host, port)")
-    return sentinel_url(sentinels, service_name)
+    return sentinel_url(sentinels, service_name, tls=tls)
 
 
 def _check_url(url: str, options: dict[str, Any]) -> None:
@@ -112,7 +112,8 @@ class Delayq(Producer):
         reschedule, cancel, re-drive) returns only once that many replicas have it, or raises
         ``NotReplicated`` after ``wait_timeout`` seconds (the write is stored on the primary
         then). 0, the default, waits for none: replication stays asynchronous."""
-        self.url = _chosen_url(url, sentinels, service_name)
+        tls = bool((redis_options or {}).get("ssl"))
+        self.url = _chosen_url(url, sentinels, service_name, tls)
         if namespace is None:
             namespace = os.environ.get("DELAYQ_NAMESPACE") or "default"
         self.keys = Keys(namespace)

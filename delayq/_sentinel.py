@@ -32,6 +32,7 @@ from delayq._errors import ConfigurationError
 from delayq._topology import Address
 
 SCHEME = "redis+sentinel"
+TLS_SCHEME = "rediss+sentinel"
 DEFAULT_PORT = 26379
 # Options of the connections to the sentinels (the user and password of the URL are the
 # primary's), and what redis-py calls them there.
@@ -44,7 +45,7 @@ RETRY_PAUSE_S = 0.1
 
 
 def is_sentinel_url(url: str) -> bool:
-    return url.partition("://")[0].lower() in (SCHEME, "rediss+sentinel")
+    return url.partition("://")[0].lower() in (SCHEME, TLS_SCHEME)
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ class SentinelTarget:
         return int(self.connection.get("db") or 0)
 
 
-def sentinel_url(sentinels: Iterable[Any], service_name: Any) -> str:
-    """The ``redis+sentinel://`` URL of ``Delayq(sentinels=, service_name=)``: no database and
-    no credentials, which ``redis_options`` may then give."""
+def sentinel_url(sentinels: Iterable[Any], service_name: Any, *, tls: bool = False) -> str:
+    """The ``redis+sentinel://`` URL of ``Delayq(sentinels=, service_name=)`` (``rediss+``
+    with ``tls``): no database and no credentials, which ``redis_options`` may then give."""
     if isinstance(sentinels, str | bytes) or not isinstance(sentinels, Iterable):
         raise ConfigurationError("sentinels must be a list of (host, port) pairs")
     pairs = [_pair(entry) for entry in sentinels]
@@ -73,7 +74,8 @@ def sentinel_url(sentinels: Iterable[Any], service_name: Any) -> str:
     if not isinstance(service_name, str) or not service_name:
         raise ConfigurationError("sentinels= needs service_name=, the name the sentinels monitor")
     hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in pairs)
-    return f"{SCHEME}://{hosts}/{urllib.parse.quote(service_name, safe='')}"
+    scheme = TLS_SCHEME if tls else SCHEME
+    return f"{scheme}://{hosts}/{urllib.parse.quote(service_name, safe='')}"
 
 
 def _pair(entry: Any) -> Address:
@@ -93,10 +95,7 @@ def parse_target(url: str, options: Mapping[str, Any]) -> SentinelTarget:
     redis-py's ``from_url`` lets them."""
     parts = urllib.parse.urlsplit(url)
     shown = redact_url(url)
-    if parts.scheme.lower() != SCHEME:
-        raise ConfigurationError(
-            f"{shown}: TLS through Sentinel (rediss+sentinel://) is not supported yet"
-        )
+    tls = parts.scheme.lower() == TLS_SCHEME
     userinfo, _, hosts = parts.netloc.rpartition("@")
     sentinels = tuple(_address(h, shown) for h in hosts.split(","))
     service, db = _path(parts.path, shown)
@@ -105,10 +104,13 @@ def parse_target(url: str, options: Mapping[str, Any]) -> SentinelTarget:
     query = f"?{parts.query}" if parts.query else ""
     from_url: dict[str, Any] = parse_url(f"redis://{userinfo}localhost/{query}")  # type: ignore[no-untyped-call]
     from_url.pop("host", None)
+    if tls:
+        # redis-py's Sentinel pools pick their TLS connection class from ``ssl``.
+        from_url["ssl"] = True
     if db is not None:
         from_url["db"] = db
     connection = {**options, **from_url}
-    _check_options(connection, shown)
+    _check_options(connection, shown, tls=tls)
     sentinel = {name: connection.pop(option) for option, name in SENTINEL_OPTIONS.items()
                 if option in connection}  # fmt: skip
     unknown = sorted(k for k in connection if k.startswith("sentinel"))
@@ -117,14 +119,15 @@ def parse_target(url: str, options: Mapping[str, Any]) -> SentinelTarget:
             f"{shown}: unknown Sentinel option(s) {', '.join(unknown)}; the sentinels take "
             f"{' and '.join(SENTINEL_OPTIONS)}"
         )
-    # As redis-py does by default: the sentinels share the primary's socket timeouts.
+    # As redis-py does by default: the sentinels share the primary's socket timeouts; with
+    # TLS, its certificates too (sentinels of a TLS deployment listen with TLS).
     for name, value in connection.items():
-        if name.startswith("socket_"):
+        if name.startswith("socket_") or name == "ssl" or name.startswith("ssl_"):
             sentinel.setdefault(name, value)
     return SentinelTarget(sentinels, service, connection, sentinel)
 
 
-def _check_options(connection: dict[str, Any], shown: str) -> None:
+def _check_options(connection: dict[str, Any], shown: str, *, tls: bool) -> None:
     placed = sorted(k for k in ("host", "port", "unix_socket_path", "connection_pool")
                     if k in connection)  # fmt: skip
     if placed:
@@ -132,9 +135,10 @@ def _check_options(connection: dict[str, Any], shown: str) -> None:
             f"{shown}: {', '.join(placed)} cannot be set with Sentinel: the sentinels say where "
             "the primary is"
         )
-    if any(k == "ssl" or k.startswith("ssl_") for k in connection):
+    if not tls and any(k == "ssl" or k.startswith("ssl_") for k in connection):
         raise ConfigurationError(
-            f"{shown}: TLS through Sentinel (ssl options) is not supported yet"
+            f"{shown}: ssl options need a rediss+sentinel:// URL (TLS to the sentinels and "
+            "the servers alike)"
         )
 
 

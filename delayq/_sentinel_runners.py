@@ -227,7 +227,10 @@ class AsyncSentinelRunner(AsyncRunner):
         runner = self._nodes.get(address)
         if runner is None:
             host, port = address
-            pool = aredis.BlockingConnectionPool(host=host, port=port, **self.options)
+            options = dict(self.options)
+            if options.pop("ssl", False):  # the pool's own way to say TLS
+                options["connection_class"] = aredis.SSLConnection
+            pool = aredis.BlockingConnectionPool(host=host, port=port, **options)
             runner = self._nodes[address] = AsyncRunner(aredis.Redis.from_pool(pool))
         return runner
 

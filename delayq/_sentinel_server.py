@@ -22,8 +22,8 @@ from redis.exceptions import RedisError, ResponseError
 from delayq._calls import command
 from delayq._errors import ConfigurationError
 from delayq._runners import SyncRunner
-from delayq._sentinel import SCHEME
-from delayq._server import EmbeddedServer, free_port, server_binary
+from delayq._sentinel import SCHEME, TLS_SCHEME
+from delayq._server import EmbeddedServer, TlsFiles, free_port, server_binary
 
 _POLL_S = 0.05
 _QUERY_OPTIONS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "decode_responses": True}
@@ -31,7 +31,7 @@ _QUERY_OPTIONS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "decode_
 
 def query(process: EmbeddedServer, *args: Any) -> Any:
     """One command's reply from ``process`` (a server or sentinel), as it sent it, as text."""
-    io = SyncRunner.from_url(f"redis://127.0.0.1:{process.port}/0", _QUERY_OPTIONS)
+    io = SyncRunner.from_url(process.url, _QUERY_OPTIONS)
     try:
         return io.run(command(*args, raw=True))
     finally:
@@ -53,11 +53,21 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+def _tls_config(tls: TlsFiles, port: int) -> list[str]:
+    """A sentinel on a TLS port only, speaking TLS to the servers it watches too."""
+    args = tls.server_args()
+    pairs = [f"{args[i].removeprefix('--')} {args[i + 1]}" for i in range(0, len(args), 2)]
+    return ["port 0", f"tls-port {port}", *pairs]
+
+
 class SentinelProcess(EmbeddedServer):
     """valkey-server in sentinel mode; its configuration file lives in ``data_dir``."""
 
-    def __init__(self, port: int, data_dir: Path, config: list[str]) -> None:
-        super().__init__(port=port, data_dir=data_dir)
+    def __init__(
+        self, port: int, data_dir: Path, config: list[str], *,
+        binary: Path | str | None = None, tls: TlsFiles | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(port=port, data_dir=data_dir, binary=binary, tls=tls)
         self.config_path = data_dir / "sentinel.conf"
         self.config = config
         self._written = False
@@ -66,7 +76,7 @@ class SentinelProcess(EmbeddedServer):
         return f"sentinel 127.0.0.1:{self.port}"
 
     def command_line(self) -> list[str]:
-        return [str(server_binary()), str(self.config_path), "--sentinel"]
+        return [str(self.binary or server_binary()), str(self.config_path), "--sentinel"]
 
     def start(self, timeout: float = 15.0) -> None:
         assert self.data_dir is not None
@@ -93,7 +103,12 @@ class LocalSentinel:
         data_dir: Path | str | None = None,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
+        binary: Path | str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``binary`` and ``tls``: as for EmbeddedServer, for the servers and the sentinels
+        alike; with ``tls`` every one listens with TLS only, replication and the sentinels'
+        links to the servers included, and ``url`` is ``rediss+sentinel://``."""
         if replicas < 0 or sentinels < 1:
             raise ConfigurationError("a Sentinel deployment needs 0 or more replicas and 1 or "
                                      "more sentinels")  # fmt: skip
@@ -103,6 +118,8 @@ class LocalSentinel:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
+        self.binary = binary
+        self.tls = tls
         self._servers: list[EmbeddedServer] = []
         self._sentinels: list[SentinelProcess] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -121,6 +138,8 @@ class LocalSentinel:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self._started())
+        if self.tls is not None:
+            return f"{TLS_SCHEME}://{hosts}/{self.service_name}?{self.tls.query()}"
         return f"{SCHEME}://{hosts}/{self.service_name}"
 
     def primary(self) -> EmbeddedServer:
@@ -243,7 +262,8 @@ class LocalSentinel:
         servers = [
             EmbeddedServer(port=port, data_dir=self.data_dir / f"server-{i}",
                            extra_args=(*common, *(("--replicaof", "127.0.0.1", str(ports[0]))
-                                                  if i else ())))
+                                                  if i else ())),
+                           binary=self.binary, tls=self.tls)
             for i, port in enumerate(ports[: 1 + self.replica_count])
         ]  # fmt: skip
         name, quorum = self.service_name, self.sentinel_count // 2 + 1
@@ -251,13 +271,15 @@ class LocalSentinel:
         for i, port in enumerate(ports[1 + self.replica_count :]):
             where = self.data_dir / f"sentinel-{i}"
             config = [
-                f"port {port}", "bind 127.0.0.1", f"dir {where}",
+                *(_tls_config(self.tls, port) if self.tls else [f"port {port}"]),
+                "bind 127.0.0.1", f"dir {where}",
                 f"sentinel monitor {name} 127.0.0.1 {ports[0]} {quorum}",
                 f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
                 f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
                 f"sentinel parallel-syncs {name} 1",
             ]  # fmt: skip
-            sentinels.append(SentinelProcess(port, where, config))
+            sentinels.append(SentinelProcess(port, where, config, binary=self.binary,
+                                             tls=self.tls))  # fmt: skip
         return servers, sentinels
 
     def _started(self) -> list[SentinelProcess]:

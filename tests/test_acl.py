@@ -138,24 +138,44 @@ def test_a_sharded_namespace_on_a_cluster_as_a_least_privilege_user(
     cluster: LocalCluster, start_worker: Callable[..., WorkerThread]
 ) -> None:
     """`delayq acl --url <a node>` reads that a new namespace there gets 16 shards; its rule on
-    every node (ACL users are per node) lets a producer and a worker fire timers on all."""
+    every node (ACL users are per node) lets a producer and a worker fire timers on all, and
+    watched keys on every node fire."""
     cluster.wait_ready(timeout=60.0)
     namespace = "acl" + uuid.uuid4().hex[:8]
     words = acl_setuser("--url", cluster.url, "--namespace", namespace)
+    flags = {}
     for node in cluster.nodes:
         node.query(*words)
+        reply = node.query("CONFIG", "GET", "notify-keyspace-events")
+        flags[node] = reply["notify-keyspace-events"] if isinstance(reply, dict) else reply[1]
+        node.query("CONFIG", "SET", "notify-keyspace-events", "KEg$x")
     app = Delayq(as_limited(cluster.url), namespace=namespace)
+    admin = redis.RedisCluster.from_url(cluster.url)
+
+    def watched(app: Delayq, note: Callable[[str], None]) -> set[str]:
+        @app.on_expire("acl-seen:*", data="acl-data:{suffix}")
+        def silent(key: str, suffix: str, data: bytes | None) -> None:
+            note(f"silent-{suffix}-{data!r}")
+
+        for i in range(6):  # on every primary, their companions too
+            admin.set(f"acl-data:{i}", f"p{i}")
+            admin.set(f"acl-seen:{i}", "1", px=300)
+        return {f"silent-{i}-{f'p{i}'.encode()!r}" for i in range(6)}
+
     try:
         layout = app._run(app.store.layout())
         assert layout.count == 16
-        run_the_flow(app, start_worker, one_id_per_shard(layout)).stop()
+        assert len({admin.get_node_from_key(f"acl-seen:{i}").name for i in range(6)}) == 3
+        run_the_flow(app, start_worker, one_id_per_shard(layout), watched).stop()
         for node in cluster.nodes:  # ACL refuses before the node looks at the key's slot
             with redis.Redis.from_url(as_limited(node.url)) as limited:
                 assert_confined(limited)
     finally:
         app.close()
+        admin.close()
         for node in cluster.nodes:
             node.query("ACL", "DELUSER", "limited")
+            node.query("CONFIG", "SET", "notify-keyspace-events", flags[node])
 
 
 def test_rules_name_every_shard() -> None:

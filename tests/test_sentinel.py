@@ -71,7 +71,6 @@ def test_a_url_without_database_keeps_the_one_of_redis_options() -> None:
         ("redis+sentinel://s1:70000/mymaster", "'70000' is not a port"),
         ("redis+sentinel://s1,,s2/mymaster", "a sentinel's host is missing"),
         ("redis+sentinel://s1/mymaster?sentinel_db=1", "unknown Sentinel option"),
-        ("rediss+sentinel://s1/mymaster", "TLS through Sentinel"),
     ],
 )
 def test_a_bad_url_is_refused_naming_the_problem(url: str, problem: str) -> None:
@@ -81,7 +80,10 @@ def test_a_bad_url_is_refused_naming_the_problem(url: str, problem: str) -> None
 
 @pytest.mark.parametrize(
     ("options", "problem"),
-    [({"host": "h"}, "host cannot be set with Sentinel"), ({"ssl": True}, "TLS through Sentinel")],
+    [
+        ({"host": "h"}, "host cannot be set with Sentinel"),
+        ({"ssl": True}, "ssl options need a rediss"),
+    ],
 )
 def test_redis_options_that_cannot_apply_are_refused(options: dict[str, Any], problem: str) -> None:
     with pytest.raises(ConfigurationError, match=problem):
@@ -367,3 +369,11 @@ def test_cli_server_sentinel_serves_a_deployment_until_interrupted(tmp_path: Pat
         proc.stdout.close()
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", "".join(lines))]
     assert len(pids) == 5 and all(process_gone(pid) for pid in pids), "".join(lines)
+
+
+def test_a_tls_url_speaks_tls_to_the_sentinels_and_the_servers() -> None:
+    target = parse_target("rediss+sentinel://s1,s2/mymaster?ssl_ca_certs=/ca.pem", {})
+    for side in (target.connection, target.sentinel):
+        assert side["ssl"] is True and side["ssl_ca_certs"] == "/ca.pem"
+    app = Delayq(sentinels=[("s1", 26379)], service_name="m", redis_options={"ssl": True})
+    assert app.url == "rediss+sentinel://s1:26379/m"
