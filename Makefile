@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover bench-replicas clean
+.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover bench-replicas bench-results clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-failover: $(STAMP)
 
 bench-replicas: $(STAMP)
 	$(BIN)/python benchmarks/bench_replicas.py
+
+bench-results: $(STAMP)
+	$(BIN)/python benchmarks/bench_results.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

@@ -41,6 +41,11 @@ def noop_sync(n: int = 0) -> None:
     """A plain function doing nothing: it runs on the worker's handler threads."""
 
 
+async def stamp() -> float:
+    """Returns the moment it ends: its waiter measures how long the result took to reach it."""
+    return time.time()
+
+
 async def record(due_ms: int) -> None:
     """Notes how late the job started (ms); the reporter pushes the figures to Redis."""
     _reporter.add(f"{time.time() * 1000 - due_ms:.3f}")
@@ -55,6 +60,9 @@ async def ping() -> None:
 class BenchTasks:
     noop: Task[..., Any]
     noop_sync: Task[..., Any]
+    noop_unkept: Task[..., Any]  # result_ttl=0: no outcome kept
+    noop_sync_unkept: Task[..., Any]
+    stamp: Task[..., Any]
     record: Task[..., Any]
     ping: Task[..., Any]
 
@@ -65,6 +73,11 @@ def register(target: Delayq) -> BenchTasks:
     return BenchTasks(
         noop=target.task(name="bench.noop", retries=0)(noop),
         noop_sync=target.task(name="bench.noop_sync", retries=0)(noop_sync),
+        noop_unkept=target.task(name="bench.noop_unkept", retries=0, result_ttl=0)(noop),
+        noop_sync_unkept=target.task(name="bench.noop_sync_unkept", retries=0, result_ttl=0)(
+            noop_sync
+        ),
+        stamp=target.task(name="bench.stamp", retries=0)(stamp),
         record=target.task(name="bench.record", retries=0)(record),
         ping=target.task(name="bench.ping", retries=0)(ping),
     )

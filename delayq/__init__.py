@@ -9,13 +9,17 @@ from delayq._errors import (
     ConfigurationError,
     DelayqError,
     InvalidTimerId,
+    JobFailed,
     JobTimeout,
     NotReplicated,
     PayloadError,
+    ResultUnavailable,
     ScheduleError,
     ServerOutOfMemory,
+    TimerCancelled,
     TimerPaused,
 )
+from delayq._outcomes import Outcome
 from delayq._server import EmbeddedServer
 from delayq._store import DeadLetter, ScheduleRequest
 from delayq._task import RetryPolicy, Task
@@ -33,16 +37,20 @@ __all__ = [
     "EmbeddedServer",
     "InvalidTimerId",
     "JobContext",
+    "JobFailed",
     "JobTimeout",
     "NotReplicated",
+    "Outcome",
     "Payload",
     "PayloadError",
+    "ResultUnavailable",
     "RetryPolicy",
     "ScheduleError",
     "ScheduleRequest",
     "ServerOutOfMemory",
     "Task",
     "Timer",
+    "TimerCancelled",
     "TimerPaused",
     "Touch",
     "Worker",

@@ -15,17 +15,19 @@ from delayq._calls import Call, Flow, command
 from delayq._cluster import async_runner, sync_runner
 from delayq._connection import redact_url, tls_failure
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
-from delayq._declare import PERIODIC_RETRIES, TaskKwargs, declare
+from delayq._declare import PERIODIC_RETRIES, TaskKwargs, check_result_ttl, declare
 from delayq._errors import ConfigurationError
 from delayq._keys import Keys
 from delayq._layout import check_shards
+from delayq._outcomes import DEFAULT_RESULT_TTL
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._producer import Producer
 from delayq._replicas import WaitForReplicas
-from delayq._runners import AsyncRunner, SyncRunner
+from delayq._runners import AsyncRunner, SyncRunner, SyncSubscription
 from delayq._sentinel import is_sentinel_url, parse_target, sentinel_url
 from delayq._sharded import ShardedStore
 from delayq._task import Task
+from delayq._waiting import AsyncWaiters
 from delayq._watch import Watcher, WatchSpec
 from delayq._when import Delay
 
@@ -100,6 +102,7 @@ class Delayq(Producer):
         service_name: str | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        result_ttl: float = DEFAULT_RESULT_TTL,
     ) -> None:
         """``shards``: how many hash slots a new namespace is spread over (default: 1 on one
         server, 16 on a cluster); an existing namespace keeps the count it was created with,
@@ -111,7 +114,11 @@ class Delayq(Producer):
         ``wait_replicas``: each write this app makes (schedule, touch, pause, resume,
         reschedule, cancel, re-drive) returns only once that many replicas have it, or raises
         ``NotReplicated`` after ``wait_timeout`` seconds (the write is stored on the primary
-        then). 0, the default, waits for none: replication stays asynchronous."""
+        then). 0, the default, waits for none: replication stays asynchronous.
+
+        ``result_ttl``: seconds a job's outcome (state, result or error) is kept after it
+        ends, for ``result()`` and ``outcome()``, unless its task says otherwise; 0 keeps
+        none. Also how long a cancellation is kept."""
         tls = bool((redis_options or {}).get("ssl"))
         self.url = _chosen_url(url, sentinels, service_name, tls)
         if namespace is None:
@@ -119,6 +126,9 @@ class Delayq(Producer):
         self.keys = Keys(namespace)
         self.shards = None if shards is None else check_shards(shards)
         self.wait = WaitForReplicas.of(wait_replicas, wait_timeout)
+        ttl = check_result_ttl(result_ttl)
+        self.result_ttl = DEFAULT_RESULT_TTL if ttl is None else ttl
+        self._outcome_waiters: tuple[asyncio.AbstractEventLoop, AsyncWaiters] | None = None
         if isinstance(max_payload_bytes, bool) or max_payload_bytes <= 0:
             raise ConfigurationError("max_payload_bytes must be a positive integer")
         self.max_payload_bytes = max_payload_bytes
@@ -169,7 +179,8 @@ class Delayq(Producer):
         """The calls this app sends (built without I/O; the runners send them)."""
         if self._store is None:
             self._store = ShardedStore(self.namespace, shards=self.shards,
-                                       max_payload_bytes=self.max_payload_bytes)  # fmt: skip
+                                       max_payload_bytes=self.max_payload_bytes,
+                                       result_ttl=self.result_ttl)  # fmt: skip
         return self._store
 
     def _runner(self) -> SyncRunner:
@@ -232,8 +243,27 @@ class Delayq(Producer):
             self._sync.close()
             self._sync = None
 
+    def _sync_subscription(self, key: str) -> SyncSubscription:
+        return self._runner().subscription_for(key)
+
+    async def _waiters(self) -> AsyncWaiters:
+        loop = asyncio.get_running_loop()
+        if self._outcome_waiters is None or self._outcome_waiters[0] is not loop:
+            # Its own connections, which do not reconnect silently: a waiter reads again
+            # after every reconnect.
+            def connect() -> Any:
+                return async_runner(self.url, self.redis_options, retry=False)
+
+            self._outcome_waiters = (loop, AsyncWaiters(self, connect))
+        return self._outcome_waiters[1]
+
     async def aclose(self) -> None:
         """Close the asyncio connection pool (the next awaited call opens a new one)."""
+        if self._outcome_waiters is not None:
+            loop, waiters = self._outcome_waiters
+            self._outcome_waiters = None
+            if loop is asyncio.get_running_loop():
+                await waiters.close()
         if self._async is None:
             return
         loop, connecting = self._async

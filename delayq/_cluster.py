@@ -21,7 +21,14 @@ from redis.exceptions import TimeoutError as ReplyTimeout
 
 from delayq._calls import Call
 from delayq._replicas import WaitForReplicas, unwaited, waited
-from delayq._runners import AsyncRunner, SyncRunner, _direct_path, _Driven, _raised
+from delayq._runners import (
+    AsyncRunner,
+    SyncRunner,
+    SyncSubscription,
+    _direct_path,
+    _Driven,
+    _raised,
+)
 from delayq._sentinel import is_sentinel_url
 from delayq._sentinel_runners import async_sentinel_runner, sync_sentinel_runner
 from delayq._topology import (
@@ -113,6 +120,10 @@ class SyncClusterRunner(_OnNodes[SyncRunner], SyncRunner):
 
     def _one(self, call: Call[Any]) -> Any:
         return _raised(self._send([call], False)[0])
+
+    def subscription_for(self, key: str) -> SyncSubscription:
+        node = self._nodes.node(self.topology.node_of(key) or self.topology.primaries[0])
+        return node.subscription_for(key)
 
     def _load(self, names: set[str]) -> None:
         for runner in self._nodes.every_node():

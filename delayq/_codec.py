@@ -130,6 +130,29 @@ def encode_payload(
     return data
 
 
+def encode_result(value: object, *, max_bytes: int) -> bytes:
+    """A job's return value as kept in its outcome record: msgpack, with the types arguments
+    may have; PayloadError naming the problem if it cannot be kept."""
+    try:
+        _check_encodable((value,), {})
+        data = _pack(value)
+    except PayloadError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadError(f"the result cannot be serialized: {exc}") from None
+    if len(data) > max_bytes:
+        raise PayloadError(f"the result is {len(data)} bytes, over the limit of {max_bytes}")
+    return data
+
+
+def decode_result(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
+                               use_list=True, timestamp=0)  # fmt: skip
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise PayloadError(_why_not_msgpack("result", exc)) from None
+
+
 def decode_payload(data: bytes, *, max_bytes: int | None = None) -> Payload:
     """Parse a payload; raise PayloadError with the reason if it is not one delayq wrote.
 

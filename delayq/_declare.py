@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from delayq._errors import ConfigurationError
+from delayq._errors import ConfigurationError, ScheduleError
 from delayq._task import RetryPolicy, TaskOptions, default_task_name
 from delayq._when import Delay, delay_seconds
 
@@ -25,6 +25,7 @@ class TaskKwargs(TypedDict, total=False):
     retry_for: tuple[type[BaseException], ...]
     retry: RetryPolicy | None
     timeout: Delay | None
+    result_ttl: Delay | None
 
 
 _RETRY_FIELDS = ("retries", "retry_backoff", "retry_backoff_max", "retry_for")
@@ -42,11 +43,12 @@ class Declaration:
     retry: RetryPolicy
     default_delay: float
     timeout: float | None
+    result_ttl: float | None = None
 
     def options_for(self, func: Callable[..., Any]) -> TaskOptions:
         # An explicit name is checked as given (TaskOptions refuses "", non-str, over-long).
         name = default_task_name(func) if self.name is None else self.name
-        return TaskOptions(name, self.retry, self.default_delay, self.timeout)
+        return TaskOptions(name, self.retry, self.default_delay, self.timeout, self.result_ttl)
 
 
 def declare(
@@ -67,7 +69,18 @@ def declare(
     limit = None if timeout is None else delay_seconds(timeout, name="timeout")
     if limit is not None and limit <= 0:
         raise ConfigurationError("timeout must be positive")
-    return Declaration(options.get("name"), _retry_policy(options, retries), default_delay, limit)
+    return Declaration(options.get("name"), _retry_policy(options, retries), default_delay, limit,
+                       check_result_ttl(options.get("result_ttl")))  # fmt: skip
+
+
+def check_result_ttl(value: Delay | None) -> float | None:
+    """Seconds to keep a job's outcome after it ends (0: keep none); None: the app's."""
+    if value is None:
+        return None
+    try:
+        return delay_seconds(value, name="result_ttl")
+    except ScheduleError as exc:  # a setting, not a scheduling call: say so
+        raise ConfigurationError(str(exc)) from None
 
 
 def _retry_policy(options: TaskKwargs, retries: int) -> RetryPolicy:

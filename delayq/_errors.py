@@ -50,3 +50,25 @@ class NotReplicated(DelayqError):
         super().__init__(message)
         self.acknowledged = acknowledged
         self.wanted = wanted
+
+
+class ResultUnavailable(DelayqError, LookupError):
+    """No outcome is known for this id: it never existed, its result was kept for no time
+    (``result_ttl=0``), or its retention ended."""
+
+
+class TimerCancelled(DelayqError):
+    """The timer was cancelled before it fired: it has no result."""
+
+
+class JobFailed(DelayqError):
+    """The job failed for good (its retries exhausted, or an error not retried): the remote
+    exception's type name, message and traceback text, and the attempts made."""
+
+    def __init__(self, message: str, *, type_name: str, error: str, traceback: str,
+                 attempts: int) -> None:  # fmt: skip
+        super().__init__(message)
+        self.type_name = type_name
+        self.error = error
+        self.traceback = traceback
+        self.attempts = attempts

@@ -27,6 +27,9 @@ GROUP = "workers"
 # from the due index is deleted before it expires, so `expired` events come only from timers
 # that were not claimed in time, and the notification path costs nothing in the common case.
 SHADOW_GRACE_MS = 1000
+# The outcome record of a job still under way (queued, running, retrying) lives this long
+# (the scripts' HOLD): a job lost with its server must not keep its record for ever.
+OUTCOME_HOLD_MS = 7 * 24 * 3600 * 1000
 # A namespace's payloads are fields of about this many hashes ("buckets"), split among its
 # shards: a field in a small (listpack-encoded) hash costs about 35 B less than a key of its
 # own (docs/cluster.md, "Memory per timer"). Hashes stay small up to 128 fields (the server's
@@ -49,6 +52,22 @@ WATCH_ID_PREFIX = RESERVED_PREFIX + "w:"
 # A watched key's job once fired (its retries, its re-drives): a plain timer, not a watch timer.
 WATCH_JOB_PREFIX = RESERVED_PREFIX + "j:"
 TICK_ID_PREFIX = RESERVED_PREFIX + "p:"
+
+
+# Suffixes of ids delayq derives from another id for a later attempt of the same job (see
+# Keys.retry_id, Keys.plain_watch_job_id).
+DERIVED_MARKS = ("#retry-", "#redrive-")
+
+
+def origin_id(timer_id: str) -> str:
+    """The id a job was scheduled under, whichever attempt ``timer_id`` names: a retry's and a
+    re-drive's are their origin's, and a watched key's job once fired is its watch timer."""
+    cut = min((i for i in (timer_id.find(m) for m in DERIVED_MARKS) if i >= 0), default=-1)
+    if cut >= 0:
+        timer_id = timer_id[:cut]
+    if timer_id.startswith(WATCH_JOB_PREFIX):
+        timer_id = WATCH_ID_PREFIX + timer_id[len(WATCH_JOB_PREFIX) :]
+    return timer_id
 
 
 def check_user_timer_id(timer_id: str) -> str:
@@ -122,6 +141,11 @@ class Keys:
         self.watch_lease = prefix + "wlease"  # the watch leader's token, with a lifetime
         self.watch_epoch = prefix + "wepoch"  # counts leaderships, to tell a takeover apart
         self.watch_barrier_prefix = prefix + "wb:"
+        # A job's outcome (state, attempts, result or error), kept result_ttl after it ends;
+        # under its origin id, so that every attempt of one job shares it (see outcome()).
+        self.outcome_prefix = prefix + "o:"
+        # Sharded pub/sub (the shard's slot): the origin id of each job that ended.
+        self.outcomes = prefix + "outcomes"
 
     def shadow(self, timer_id: str) -> str:
         return self.shadow_prefix + timer_id
@@ -142,6 +166,9 @@ class Keys:
         if not self.buckets:
             return ("GET", self.data_prefix + timer_id)
         return ("HGET", self.data(timer_id), timer_id)
+
+    def outcome(self, timer_id: str) -> str:
+        return self.outcome_prefix + origin_id(timer_id)
 
     def periodic_state(self, task: str) -> str:
         return self.prefix + "periodic:" + task
@@ -239,7 +266,8 @@ def acl_rules(home: Keys, shards: Sequence[Keys], db: int = 0,
     """
     others = [k for k in shards if k.prefix != home.prefix]
     keys = [f"~{home.prefix}*", *(f"~{k.prefix}*" for k in others)]
-    channels = [*(f"&{k.wake_channel}" for k in shards), f"&{Keys.expired_channel(db)}",
+    channels = [*(f"&{k.wake_channel}" for k in shards), *(f"&{k.outcomes}" for k in shards),
+                f"&{Keys.expired_channel(db)}",
                 *(f"&{k.shadow_events(db)}" for k in shards),
                 f"&{home.watch_barrier_prefix}*"]  # fmt: skip
     for pattern, data in watch:
@@ -268,4 +296,5 @@ ACL_COMMANDS = (
     "xadd", "xdel", "xlen", "xrange", "xack", "xpending", "xclaim", "xautoclaim",
     "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups",
     "publish", "subscribe", "psubscribe", "unsubscribe", "punsubscribe",
+    "spublish", "ssubscribe", "sunsubscribe",
 )  # fmt: skip

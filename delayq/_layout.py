@@ -29,6 +29,7 @@ from delayq._calls import Flow, command
 from delayq._errors import ConfigurationError
 from delayq._keys import (
     BUCKETS,
+    DERIVED_MARKS,
     KEY_ROOT,
     RESERVED_PREFIX,
     WATCH_ID_PREFIX,
@@ -42,8 +43,7 @@ from delayq._topology import SLOTS, slot_of
 T = TypeVar("T")
 
 MAX_SHARDS = 256
-# Suffixes of ids delayq derives from another id (see Keys.retry_id, plain_watch_job_id).
-_DERIVED = ("#retry-", "#redrive-")
+_DERIVED = DERIVED_MARKS
 _RETIRED = RESERVED_PREFIX + "c:"  # Keys.retired_cycle_id: "~c:<nonce>:<timer id>"
 _WATCHED = (WATCH_ID_PREFIX, WATCH_JOB_PREFIX)
 _TICK = "p:"  # a periodic tick without its "~": "p:<task>@<ms>"

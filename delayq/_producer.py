@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from delayq._calls import Call, Flow, server_time
 from delayq._debounce import Debounced
+from delayq._errors import ConfigurationError
 from delayq._keys import check_timer_id
+from delayq._outcomes import Outcome
 from delayq._sharded import ShardedStore
 from delayq._store import (
     Armed,
@@ -22,9 +24,11 @@ from delayq._store import (
     try_decode,
 )
 from delayq._timer import Timer
+from delayq._waiting import AsyncWaiters, wait_sync
 from delayq._when import Delay, resolve_when
 
 if TYPE_CHECKING:
+    from delayq._runners import SyncSubscription
     from delayq._task import Task
 
 T = TypeVar("T")
@@ -45,6 +49,37 @@ class Producer:
 
     @abstractmethod
     def _task(self, name: str) -> Task[Any, Any] | None: ...
+
+    @abstractmethod
+    def _sync_subscription(self, key: str) -> SyncSubscription:
+        """A synchronous pub/sub connection to the server holding ``key``."""
+
+    @abstractmethod
+    async def _waiters(self) -> AsyncWaiters:
+        """This event loop's waiters for outcomes."""
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def result(self, timer_id: str, timeout: float = 30.0) -> Any:
+        """Wait until the job scheduled as ``timer_id`` ends, and return what it returned.
+
+        Raises JobFailed (it failed for good), TimerCancelled, ResultUnavailable (nothing is
+        known of it: never scheduled, result not kept, or retention over) at once, and
+        TimeoutError when it has not ended within ``timeout`` seconds."""
+        check_timer_id(timer_id)
+        return wait_sync(self, timer_id, _checked_timeout(timeout)).value()
+
+    async def aresult(self, timer_id: str, timeout: float = 30.0) -> Any:
+        check_timer_id(timer_id)
+        waiters = await self._waiters()
+        return (await waiters.wait(timer_id, _checked_timeout(timeout))).value()
+
+    def outcome(self, timer_id: str) -> Outcome | None:
+        """What is known of the job now (its state, attempts, result or error), or None."""
+        return self._run(self.store.outcome(check_timer_id(timer_id)))
+
+    async def aoutcome(self, timer_id: str) -> Outcome | None:
+        return await self._arun(self.store.outcome(check_timer_id(timer_id)))
 
     # -- arming -------------------------------------------------------------------------------
 
@@ -235,3 +270,9 @@ class Producer:
 def try_decode_task(raw: bytes) -> str | None:
     payload = try_decode(raw)
     return None if payload is None else payload.task
+
+
+def _checked_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ConfigurationError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+    return float(timeout)

@@ -154,6 +154,10 @@ class SyncRunner:
     def close(self) -> None:
         self.client.close()
 
+    def subscription_for(self, key: str) -> SyncSubscription:
+        """A pub/sub connection to the server holding ``key`` (a node's, on a cluster)."""
+        return SyncSubscription(self.client.pubsub())
+
     @overload
     def run(self, step: Call[T] | Flow[T]) -> T: ...
 
@@ -458,6 +462,10 @@ class Subscription:
     async def psubscribe(self, *patterns: str | bytes) -> None:
         await _cancellable(self._pubsub.psubscribe(*patterns))
 
+    async def ssubscribe(self, *channels: str | bytes) -> None:
+        """Sharded channels (the node of their slot, on a cluster)."""
+        await _cancellable(self._pubsub.ssubscribe(*channels))
+
     async def message(self, *, timeout: float, confirmations: bool = False) -> Any:
         """The next message, None after ``timeout`` s; with ``confirmations``, the server's
         subscribe replies too."""
@@ -467,3 +475,20 @@ class Subscription:
 
     async def aclose(self) -> None:
         await self._pubsub.aclose()
+
+
+class SyncSubscription:
+    """One synchronous pub/sub connection (a waiter's, for sharded channels)."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    def ssubscribe(self, *channels: str | bytes) -> None:
+        self._pubsub.ssubscribe(*channels)
+
+    def message(self, *, timeout: float, confirmations: bool = False) -> Any:
+        return self._pubsub.get_message(ignore_subscribe_messages=not confirmations,
+                                        timeout=timeout)  # fmt: skip
+
+    def close(self) -> None:
+        self._pubsub.close()

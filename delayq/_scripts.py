@@ -10,7 +10,7 @@ import hashlib
 from functools import cache
 from importlib import resources
 
-from delayq._keys import SHADOW_GRACE_MS
+from delayq._keys import OUTCOME_HOLD_MS, SHADOW_GRACE_MS
 
 NAMES = (
     "schedule",
@@ -30,6 +30,8 @@ NAMES = (
     "watch_probe",
     "watch_touch",
     "companion",
+    "started",
+    "outcome",
     "forget",
     "periodic",
     "tick_in_flight",
@@ -46,7 +48,8 @@ def _read(name: str) -> str:
 
 @cache
 def prelude() -> str:
-    return _read("prelude").replace("@SHADOW_GRACE_MS@", str(SHADOW_GRACE_MS))
+    return (_read("prelude").replace("@SHADOW_GRACE_MS@", str(SHADOW_GRACE_MS))
+            .replace("@OUTCOME_HOLD_MS@", str(OUTCOME_HOLD_MS)))  # fmt: skip
 
 
 class Scripts:

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from delayq._calls import Batch, Call, Flow
 from delayq._keys import Keys
 from delayq._layout import Layout, resolve, stored_count
+from delayq._outcomes import DEFAULT_RESULT_TTL, Outcome
 from delayq._store import (
     SCRIPT_BATCH,
     Armed,
@@ -46,10 +47,12 @@ R = TypeVar("R", bound=_Request)
 
 
 class ShardedStore:
-    def __init__(self, namespace: str, *, shards: int | None, max_payload_bytes: int) -> None:
+    def __init__(self, namespace: str, *, shards: int | None, max_payload_bytes: int,
+                 result_ttl: float = DEFAULT_RESULT_TTL) -> None:  # fmt: skip
         self.namespace = namespace
         self.wanted = shards
         self.max_payload_bytes = max_payload_bytes
+        self.result_ttl = result_ttl
         self._layout: Layout | None = None
         self._stores: list[StoreCalls] = []
         self._last: StoreCalls | None = None
@@ -67,7 +70,8 @@ class ShardedStore:
             # per timer"): a namespace created on one keeps a key per payload, for now.
             layout = yield from resolve(self.namespace, self.wanted, default,
                                         bucketed=not on_cluster)  # fmt: skip
-            self._stores = [StoreCalls(k, max_payload_bytes=self.max_payload_bytes)
+            self._stores = [StoreCalls(k, max_payload_bytes=self.max_payload_bytes,
+                                       result_ttl=self.result_ttl)
                             for k in layout.shards]  # fmt: skip
             self._layout = layout
         return self._layout
@@ -146,6 +150,11 @@ class ShardedStore:
         store = yield from self._for(timer_id)
         done: Controlled = yield store.control(timer_id, operation, ms, duration_ms=duration_ms)
         return done
+
+    def outcome(self, timer_id: str) -> Flow[Outcome | None]:
+        """What is known of the job scheduled as ``timer_id`` (any of its attempts' ids)."""
+        found: Outcome | None = yield (yield from self._for(timer_id)).outcome(timer_id)
+        return found
 
     def lookup(self, timer_id: str) -> Flow[Lookup]:
         store = self._last = yield from self._for(timer_id)

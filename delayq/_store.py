@@ -21,6 +21,7 @@ from delayq._calls import Batch, Call, Flow, command, mapped, script, server_tim
 from delayq._codec import Payload, decode_payload, reencode
 from delayq._errors import InvalidTimerId
 from delayq._keys import WATCH_ID_PREFIX, Keys
+from delayq._outcomes import DEFAULT_RESULT_TTL, Outcome, keep_ms, read_outcome
 from delayq._when import When
 
 
@@ -129,9 +130,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class StoreCalls:
     """The calls on one namespace's stored timers; pure building and decoding, no I/O."""
 
-    def __init__(self, keys: Keys, *, max_payload_bytes: int) -> None:
+    def __init__(self, keys: Keys, *, max_payload_bytes: int,
+                 result_ttl: float = DEFAULT_RESULT_TTL) -> None:  # fmt: skip
         self.keys = keys
         self.max_payload_bytes = max_payload_bytes
+        self.result_ttl = result_ttl  # how long a cancellation is kept as the timer's outcome
         # Unique names for the debounced cycles a touch may retire (see touch.lua): random per
         # store, then counted, which is cheaper than random bytes for every touch. A forked
         # child gets a prefix of its own, or parent and child would count out the same names.
@@ -191,8 +194,12 @@ class StoreCalls:
     def cancel(self, timer_id: str) -> Call[bool]:
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index_of(timer_id),
-                k.paused, k.first_touch]  # fmt: skip
-        return script("cancel", keys, [timer_id], decode=bool, replicate=True)
+                k.paused, k.first_touch, k.outcome(timer_id)]  # fmt: skip
+        args = [timer_id, keep_ms(self.result_ttl), k.outcomes]
+        return script("cancel", keys, args, decode=bool, replicate=True)
+
+    def outcome(self, timer_id: str) -> Call[Outcome | None]:
+        return read_outcome(self.keys, timer_id)
 
     def control(
         self, timer_id: str, operation: str, ms: int = 0, *, duration_ms: int = 0

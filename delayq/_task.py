@@ -68,6 +68,8 @@ class TaskOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     default_delay: float = 0.0
     timeout: float | None = None  # seconds a run may take before it counts as failed
+    # Seconds its outcome is kept after it ends (0: none); None: the app's result_ttl.
+    result_ttl: float | None = None
 
     def __post_init__(self) -> None:
         check_task_name(self.name)

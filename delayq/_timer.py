@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from delayq._codec import Payload, decode_payload
 from delayq._errors import TimerPaused
+from delayq._waiting import unknown
 from delayq._when import Delay, delay_seconds, from_ms, resolve_when
 
 if TYPE_CHECKING:
     from delayq._calls import Flow
+    from delayq._outcomes import Outcome
     from delayq._producer import Producer
 
 
@@ -24,7 +26,7 @@ class Timer:
     """
 
     __slots__ = ("_app", "_payload", "_raw", "created", "due_ms", "duration_ms", "id",
-                 "paused_left_ms")  # fmt: skip
+                 "outcome", "paused_left_ms")  # fmt: skip
 
     def __init__(
         self,
@@ -46,6 +48,8 @@ class Timer:
         self._raw = raw_payload
         self._payload: Payload | None = None
         self.created = created  # False when the id was already taken (idempotent schedule)
+        # What refresh() last read of its job (None before: the handle's own snapshot).
+        self.outcome: Outcome | None = None
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else from_ms(self.due_ms).isoformat()
@@ -54,6 +58,36 @@ class Timer:
     @property
     def raw_payload(self) -> bytes:
         return self._raw
+
+    # -- its job's outcome ------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The last known state (``refresh()`` reads it anew): scheduled, paused, queued,
+        running, retrying, succeeded, failed or cancelled."""
+        if self.outcome is not None:
+            return self.outcome.state
+        return "paused" if self.paused else "scheduled"
+
+    def refresh(self) -> str:
+        """Read the job's state now; ResultUnavailable if nothing is known of it any more."""
+        return self._refreshed(self._app.outcome(self.id))
+
+    async def arefresh(self) -> str:
+        return self._refreshed(await self._app.aoutcome(self.id))
+
+    def _refreshed(self, outcome: Outcome | None) -> str:
+        if outcome is None:
+            raise unknown(self.id)
+        self.outcome = outcome
+        return outcome.state
+
+    def result(self, timeout: float = 30.0) -> Any:
+        """Wait for the job's end and return its result (see ``Delayq.result``)."""
+        return self._app.result(self.id, timeout)
+
+    async def aresult(self, timeout: float = 30.0) -> Any:
+        return await self._app.aresult(self.id, timeout)
 
     @property
     def paused(self) -> bool:

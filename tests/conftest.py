@@ -44,6 +44,13 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+def expiring_outcomes(client: Any, names: set[str], result_ttl: float) -> set[str]:
+    """The outcome records among ``names`` that expire within ``result_ttl``: kept by design
+    for that long after their job ended, and not left behind."""
+    records = {n for n in names if ":o:" in n}
+    return {n for n in records if 0 < int(client.pttl(n)) <= result_ttl * 1000}
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it is truthy; fail the test with a clear message at the deadline."""
     deadline = time.monotonic() + timeout

@@ -194,7 +194,7 @@ def test_rules_name_every_shard() -> None:
     single = Layout.of("shop", 1).acl_rules(0)
     assert len(single) == len(set(single))
     assert [r for r in single if r[0] in "~&"] == [
-        "~dq:{shop}:*", "&dq:{shop}:wake", "&__keyevent@0__:expired",
+        "~dq:{shop}:*", "&dq:{shop}:wake", "&dq:{shop}:outcomes", "&__keyevent@0__:expired",
         f"&{Keys('shop').shadow_events(0)}", "&dq:{shop}:wb:*",
     ]  # fmt: skip
 

@@ -16,8 +16,9 @@ import redis
 from delayq import Delayq, EmbeddedServer, InvalidTimerId, PayloadError, ScheduleError, Task
 from delayq._defaults import find_task
 from delayq._keys import GROUP
+from delayq._outcomes import Failure, Ran
 from delayq._runners import AsyncRunner
-from delayq.worker._engine import DeadLetterBound, Engine
+from delayq.worker._engine import DeadLetterBound, Done, Engine
 from delayq.worker._executor import Executor
 from delayq.worker._settings import WorkerSettings
 from tests.conftest import WorkerThread, wait_until
@@ -41,13 +42,15 @@ def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) 
         (delivery,) = await first.run(first.read(10, 100))
         taken = await second.run(second.reclaim(0, 10))  # the second worker takes it over
         assert [d.entry_id for d in taken] == [delivery.entry_id]
-        bury = first.bury(delivery, task="", reason="x", traceback="", bound=BOUND)
+        bury = first.bury(delivery, task="", reason="x", traceback="", bound=BOUND,
+                          failure=Failure("", "x", 0))  # fmt: skip
         assert await first.run(bury) is None
         assert await first.run(first.retry(delivery, delivery.raw, 1.0)) is None
         assert await first.run(first.handback(delivery)) is False
         lost = await first.run(first.heartbeat([delivery.entry_id]))
         assert lost == [delivery.entry_id]
-        bury = second.bury(delivery, task="", reason="x", traceback="", bound=BOUND)
+        bury = second.bury(delivery, task="", reason="x", traceback="", bound=BOUND,
+                           failure=Failure("", "x", 0))  # fmt: skip
         assert await second.run(bury)
         await io.close()
 
@@ -84,7 +87,7 @@ def test_heartbeat_tells_a_takeover_from_an_outcome_recorded_meanwhile(
         # `mine` is still running when its outcome is recorded (a periodic task's lock is
         # released after it): its entry is gone, and that is no takeover.
         executor.settled.add(mine.entry_id)
-        await engine.run(engine.ack([mine]))
+        await engine.run(engine.ack([Done(mine, Ran(0, 1))]))
         caplog.clear()
         with caplog.at_level(logging.WARNING, "delayq.worker"):
             await executor.heartbeat()

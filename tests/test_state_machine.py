@@ -71,7 +71,7 @@ from delayq._layout import meta_key
 from delayq._task import Task
 from delayq._timer import Timer
 from tests import clockstep, state_app
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, expiring_outcomes
 from tests.test_faults import wait_drained
 
 TOL_MS = 2000.0  # a due timer has run within this, with a worker up all along (loaded machine)
@@ -816,6 +816,7 @@ class StateMachine(RuleBasedStateMachine):
         expected = {meta_key(app.namespace)}
         expected.update(name for keys in self.layout.shards for name in (keys.ready, keys.stats))
         found = {k.decode() for k in self.client.scan_iter(f"dq:{{{app.namespace}*", 1000)}
+        found -= expiring_outcomes(self.client, found, app.result_ttl)
         self.expect(found <= expected, f"left behind: {sorted(found - expected)}")
         for unit in self.units:
             runs = len(unit.runs)

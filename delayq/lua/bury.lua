@@ -5,6 +5,7 @@
 -- KEYS[1]  ready stream
 -- KEYS[2]  dead-letter stream
 -- KEYS[3]  stats hash
+-- KEYS[4]  outcome record of the job: failed, with the error, told to its waiters
 -- ARGV[1]  consumer group name
 -- ARGV[2]  ready-stream entry id
 -- ARGV[3]  timer id
@@ -17,10 +18,20 @@
 -- ARGV[10] consumer name of the worker settling the delivery
 -- ARGV[11] approximate maximum size of the dead-letter stream, bytes: the oldest letters go
 --          first (the newest is always kept, however big)
+-- ARGV[12] outcomes channel (sharded, this shard's slot)
+-- ARGV[13] how long to keep the outcome, ms
+-- ARGV[14] attempts made
+-- ARGV[15] when the last attempt started, ms ("" if none ran)
+-- ARGV[16] the error's type name ("" when no handler ran: the reason says why)
+-- ARGV[17] the job's origin id
+-- ARGV[18] the error's message (the reason when no handler ran)
 --
 -- Returns the dead-letter entry id, or false when this delivery no longer holds the entry.
 if not settle(KEYS[1], ARGV[1], ARGV[2], ARGV[10]) then return false end
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
+ended(KEYS[4], {'s', 'failed', 'a', ARGV[14], 't0', ARGV[15], 't1', server_now(),
+                'w', ARGV[10], 'e', ARGV[16], 'm', ARGV[18], 'tb', ARGV[7]},
+      tonumber(ARGV[13]), ARGV[12], ARGV[17])
 local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*',
   'i', ARGV[3], 'p', ARGV[4], 't', ARGV[5], 'r', ARGV[6], 'tb', ARGV[7], 'a', ARGV[9])
 -- MEMORY USAGE estimates from a few sampled nodes: cheap, and close enough for a bound. At

@@ -7,7 +7,10 @@
 -- KEYS[4]  due index
 -- KEYS[5]  paused hash
 -- KEYS[6]  first-touch hash
+-- KEYS[7]  outcome record: cancelled, told to its waiters
 -- ARGV[1]  timer id
+-- ARGV[2]  how long to keep the outcome, ms
+-- ARGV[3]  outcomes channel (sharded, this shard's slot)
 --
 -- Returns 1 if a pending or paused timer was cancelled (also one whose index entry was lost
 -- and awaits repair), 0 if there was none (never existed, already fired, or cancelled
@@ -18,4 +21,6 @@ local data = payload_del(KEYS[2], ARGV[1])
 if indexed + paused + data == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('DEL', KEYS[7])
+ended(KEYS[7], {'s', 'cancelled', 't1', server_now()}, tonumber(ARGV[2]), ARGV[3], ARGV[1])
 return 1

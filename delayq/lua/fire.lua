@@ -8,9 +8,11 @@
 -- KEYS[2]          ready stream (fired jobs)
 -- KEYS[3]          stats hash (counters)
 -- KEYS[4]          first-touch hash (debounced timers with max_wait)
--- KEYS[5 + 3i]     shadow key of the i-th timer (i from 0)
--- KEYS[6 + 3i]     payload bucket of the i-th timer (prelude: payload_*)
--- KEYS[7 + 3i]     items list of the i-th timer (debounced, payload="all")
+-- KEYS[5 + 4i]     shadow key of the i-th timer (i from 0)
+-- KEYS[6 + 4i]     payload bucket of the i-th timer (prelude: payload_*)
+-- KEYS[7 + 4i]     items list of the i-th timer (debounced, payload="all")
+-- KEYS[8 + 4i]     outcome record of the i-th timer's job: "queued" from now on (a retry
+--                  keeps what its earlier attempts recorded; any other job starts anew)
 -- ARGV[i + 1]      id of the i-th timer
 --
 -- Stream entry fields: i = timer id, p = payload, d = due ms, a = the items (concatenated
@@ -25,7 +27,7 @@ for i = 1, #ARGV do
   local id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= now then
-    local base = 2 + 3 * i
+    local base = 1 + 4 * i
     local shadow, data, list = KEYS[base], KEYS[base + 1], KEYS[base + 2]
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[4], id)
@@ -41,6 +43,11 @@ for i = 1, #ARGV do
       else
         redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score)
       end
+      -- A retry keeps its attempts and last error; any other firing starts a new record.
+      if redis.call('HGET', KEYS[base + 3], 's') ~= 'retrying' then
+        redis.call('DEL', KEYS[base + 3])
+      end
+      keep_outcome(KEYS[base + 3], {'s', 'queued'}, HOLD)
       fired = fired + 1
     else
       redis.call('DEL', list)  -- the touches of a cycle whose data was lost

@@ -1,10 +1,13 @@
 -- prelude.lua: code the scripts share, placed after each script's #!lua line (see _scripts.py).
--- Its names (GRACE, server_now, earliest, place, arm, settle, payload_*) are the scripts'
--- own: they never copy it.
+-- Its names (GRACE, HOLD, server_now, earliest, place, arm, settle, payload_*, keep_outcome,
+-- ended) are the scripts' own: they never copy it.
 --
 -- A shadow key outlives its deadline by GRACE ms (SHADOW_GRACE_MS in _keys.py): a timer
 -- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
 local GRACE = @SHADOW_GRACE_MS@
+-- How long the outcome record of a job still under way is kept (OUTCOME_HOLD_MS in
+-- _keys.py): a job lost with its server must not keep its record for ever.
+local HOLD = @OUTCOME_HOLD_MS@
 
 -- The server's clock, ms: every deadline is set and judged by it, never by a client's clock.
 local function server_now()
@@ -95,4 +98,24 @@ local function payload_move(ref, id, to_ref, to_id)
   end
   redis.call('HSET', to_ref, to_id, redis.call('HGET', ref, id))
   redis.call('HDEL', ref, id)
+end
+
+
+-- A job's outcome record (Keys.outcome: a hash of s = state, a = attempts, t0 / t1 = started /
+-- finished ms, w = worker, r = "=" and the result, e / m / tb = the last error's type, message
+-- and traceback): `fields` (a flat list) set, then kept `ttl` ms; a ttl of 0 deletes it.
+local function keep_outcome(record, fields, ttl)
+  if ttl == 0 then
+    redis.call('DEL', record)
+    return
+  end
+  redis.call('HSET', record, unpack(fields))
+  redis.call('PEXPIRE', record, ttl)
+end
+
+-- keep_outcome() for a job that ended, and its origin id told on `channel` (sharded pub/sub in
+-- the shard's slot), where waiters listen.
+local function ended(record, fields, ttl, channel, id)
+  keep_outcome(record, fields, ttl)
+  redis.call('SPUBLISH', channel, id)
 end

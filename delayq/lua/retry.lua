@@ -12,6 +12,7 @@
 -- KEYS[7]  payload bucket of the fallback id
 -- KEYS[8]  items list of the timer id
 -- KEYS[9]  items list of the fallback id
+-- KEYS[10] outcome record of the job
 -- ARGV[1]  consumer group name
 -- ARGV[2]  ready-stream entry id of the failed delivery
 -- ARGV[3]  timer id
@@ -22,6 +23,10 @@
 --          next cycle of a debounced timer): the retry must not replace it
 -- ARGV[8]  touches of a debounced timer (payload="all"), "" if none: kept for the retry
 -- ARGV[9]  consumer name of the worker settling the delivery
+-- ARGV[10] attempts made
+-- ARGV[11] the failure's type name, "" when the job is not retried for a failure (it waits
+--          for a periodic task's previous run): the outcome record then stays as it is
+-- ARGV[12] the failure's message
 --
 -- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
 if not settle(KEYS[4], ARGV[1], ARGV[2], ARGV[9]) then return {-1, ''} end
@@ -40,4 +45,7 @@ local due = now + delay
 payload_set(data, id, ARGV[4])
 arm(shadow, KEYS[3], id, due, delay, now, ARGV[6])
 redis.call('HINCRBY', KEYS[5], 'retried', 1)
+if ARGV[11] ~= '' then
+  keep_outcome(KEYS[10], {'s', 'retrying', 'a', ARGV[10], 'e', ARGV[11], 'm', ARGV[12]}, HOLD)
+end
 return {due, id}

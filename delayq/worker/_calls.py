@@ -11,7 +11,8 @@ from redis.exceptions import ResponseError
 
 from delayq._calls import Batch, Call, Flow, command, script, server_time, text
 from delayq._hooks import Delivery
-from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys
+from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys, origin_id
+from delayq._outcomes import Failure, Ran
 from delayq._watch import WatchTarget, is_watch_id
 
 
@@ -21,6 +22,14 @@ class FireResult:
     fired: int
     next_due_ms: int | None
     orphans: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A delivery to acknowledge, with the run its outcome record keeps (keep_ms 0: none)."""
+
+    delivery: Delivery
+    ran: Ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +164,8 @@ class WorkerCalls:
         k = self.keys
         keys = [k.index, k.ready, k.stats, k.first_touch]
         for timer_id in ids:
-            keys += (k.shadow(timer_id), k.data(timer_id), k.items(timer_id))
+            keys += (k.shadow(timer_id), k.data(timer_id), k.items(timer_id),
+                     k.outcome(timer_id))  # fmt: skip
         return script("fire", keys, ids, decode=_fire_result)
 
     def cancel(self, timer_id: str) -> Call[bool]:
@@ -374,34 +384,58 @@ class WorkerCalls:
             for entry in entry_ids
         ])  # fmt: skip
 
-    def ack(self, deliveries: list[Delivery]) -> Call[int]:
-        entries = [d.entry_id for d in deliveries]
-        return script("ack", [self.keys.ready], [GROUP, *entries], decode=int)
+    def ack(self, done: list[Done]) -> Call[int]:
+        """Settle deliveries; those that ran a job record its success (``Done.ran``)."""
+        k = self.keys
+        keys = [k.ready, *(k.outcome(x.delivery.timer_id) for x in done)]
+        args: list[Any] = [GROUP, k.outcomes, self.consumer]
+        for x in done:
+            ran = x.ran
+            args += (x.delivery.entry_id, origin_id(x.delivery.timer_id),
+                     b"" if ran.result is None else b"=" + ran.result, ran.keep_ms,
+                     ran.attempts, ran.started_ms)  # fmt: skip
+        return script("ack", keys, args, decode=int)
+
+    def started(self, runs: list[tuple[Delivery, Ran]]) -> Call[int]:
+        """started.lua: these jobs started (their records say running, unless ended)."""
+        keys = [self.keys.outcome(d.timer_id) for d, _ in runs]
+        args: list[Any] = [self.consumer]
+        for _, ran in runs:
+            args += (ran.started_ms, ran.attempts)
+        return script("started", keys, args, decode=int)
 
     def retry(
-        self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None
-    ) -> Call[int | None]:
+        self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None,
+        failure: Failure | None = None,
+    ) -> Call[int | None]:  # fmt: skip
         """Re-arm a failed job (under ``timer_id`` if given, else its own id); None if this
-        delivery no longer held its entry."""
+        delivery no longer held its entry. ``failure``: why (None: it waits, not failed)."""
         k = self.keys
         tid = timer_id or d.timer_id
         fallback = k.retry_id(tid, d.entry_id)
         keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
-                k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback)]  # fmt: skip
+                k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback),
+                k.outcome(d.timer_id)]  # fmt: skip
         args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
-                           k.wake_channel, fallback, d.items or b"", self.consumer]  # fmt: skip
+                           k.wake_channel, fallback, d.items or b"", self.consumer,
+                           failure.attempts if failure else 0,
+                           failure.type_name if failure else "",
+                           failure.message if failure else ""]  # fmt: skip
         return script("retry", keys, args, decode=_rearmed_due)
 
     def bury(
         self, d: Delivery, *, task: str, reason: str, traceback: str, bound: DeadLetterBound,
-        payload: bytes | None = None,
+        failure: Failure, payload: bytes | None = None,
     ) -> Call[str | None]:  # fmt: skip
-        """Move a delivery to the dead letters (with ``payload`` instead of its own, if given)."""
+        """Move a delivery to the dead letters (with ``payload`` instead of its own, if given);
+        its job's outcome record says failed, with ``failure``."""
         k = self.keys
-        keys = [k.ready, k.dead, k.stats]
+        keys = [k.ready, k.dead, k.stats, k.outcome(d.timer_id)]
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw if payload is None else payload,
                            task, reason, traceback, bound.maxlen, d.items or b"", self.consumer,
-                           bound.max_bytes]  # fmt: skip
+                           bound.max_bytes, k.outcomes, failure.keep_ms, failure.attempts,
+                           failure.started_ms or "", failure.type_name,
+                           origin_id(d.timer_id), failure.message]  # fmt: skip
         return script("bury", keys, args, decode=lambda entry: text(entry) if entry else None)
 
     def handback(self, d: Delivery) -> Call[bool]:

@@ -9,6 +9,7 @@ from delayq._keys import Keys
 from delayq._runners import AsyncRunner
 from delayq.worker._calls import (
     DeadLetterBound,
+    Done,
     Due,
     FireResult,
     PeriodicState,
@@ -16,8 +17,8 @@ from delayq.worker._calls import (
     WorkerCalls,
 )
 
-__all__ = ["DeadLetterBound", "Delivery", "Due", "Engine", "FireResult", "PeriodicState",
-           "WatchOp", "monotonic_ms"]  # fmt: skip
+__all__ = ["DeadLetterBound", "Delivery", "Done", "Due", "Engine", "FireResult",
+           "PeriodicState", "WatchOp", "monotonic_ms"]  # fmt: skip
 
 
 class Engine(WorkerCalls):

@@ -19,12 +19,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from delayq._codec import Payload, decode_payload, reencode
+from delayq._calls import Batch
+from delayq._codec import Payload, decode_payload, encode_result, reencode
 from delayq._context import JobContext, bind_job, unbind_job
 from delayq._errors import JobTimeout, PayloadError
 from delayq._hooks import Delivery, RunGates
+from delayq._outcomes import DEFAULT_RESULT_TTL, Failure, Ran, keep_ms
 from delayq._task import Task
-from delayq.worker._engine import DeadLetterBound, Engine
+from delayq.worker._engine import DeadLetterBound, Done, Engine
 from delayq.worker._lanes import Lanes
 from delayq.worker._loops import wait_any
 from delayq.worker._settings import WorkerSettings
@@ -94,6 +96,7 @@ class Executor:
         stopping: asyncio.Event,
         gates: RunGates | None = None,
         capacity: Capacity | None = None,
+        result_ttl: float = DEFAULT_RESULT_TTL,
     ) -> None:
         self.capacity = capacity or Capacity(settings.concurrency)
         self.capacity.executors.append(self)
@@ -109,7 +112,10 @@ class Executor:
         # Read ahead, not started yet: this worker's (heart-beaten, handed back on stopping).
         self.buffered: collections.deque[Delivery] = collections.deque()
         self.job_seconds = math.inf  # moving average of job durations; none measured yet
-        self.to_ack: list[Delivery] = []
+        self.result_ttl = result_ttl  # the app's: a task's own result_ttl comes first
+        self.to_ack: list[Done] = []
+        # Jobs started, their "running" not yet recorded: sent with the next acknowledgements.
+        self.to_start: list[tuple[Delivery, Ran]] = []
         # Running jobs whose outcome is recorded or being recorded: the server may drop their
         # entries any moment, which the heartbeat must not mistake for a takeover.
         self.settled: set[str] = set()
@@ -237,7 +243,7 @@ class Executor:
             return
         decision = await gate.before_run(d, payload.attempt)
         if decision == "skip":
-            self._queue_ack(d)
+            self._queue_ack(d, Ran(0, payload.attempt))  # no run: no outcome kept
             return
         if decision == "requeued":
             # overlap="queue": try this tick again shortly, once the previous run is done.
@@ -252,27 +258,45 @@ class Executor:
     async def _run(
         self, d: Delivery, task: Task[Any, Any], payload: Payload, args: tuple[Any, ...]
     ) -> None:
+        started = Ran(int(time.time() * 1000), payload.attempt + 1)
+        self.to_start.append((d, started))
+        self.ack_ready.set()
         try:
-            await self._call(task, args, payload.kwargs, _job_context(d, task, payload))
+            value = await self._call(task, args, payload.kwargs, _job_context(d, task, payload))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # SystemExit from a handler is its failure, not ours
-            await self._failed(d, task, payload, exc, args)
+            await self._failed(d, task, payload, exc, args, started.started_ms)
             return
         forget = task.after_success(args)
         if forget is not None:
             await self.engine.run(self.engine.forget(*forget))
         self.counters.executed += 1
-        self._queue_ack(d)
+        self._queue_ack(d, self._succeeded(d, task, started, value))
 
-    def _queue_ack(self, d: Delivery) -> None:
+    def _keep_ms(self, task: Task[Any, Any] | None) -> int:
+        own = task.options.result_ttl if task is not None else None
+        return keep_ms(self.result_ttl if own is None else own)
+
+    def _succeeded(self, d: Delivery, task: Task[Any, Any], started: Ran, value: Any) -> Ran:
+        keep = self._keep_ms(task)
+        result = None
+        if keep:
+            try:
+                result = encode_result(value, max_bytes=self.max_payload_bytes)
+            except PayloadError as exc:
+                log.warning("job %s (%s): its result is not kept: %s", d.timer_id, task.name,
+                            exc)  # fmt: skip
+        return Ran(started.started_ms, started.attempts, keep, result)
+
+    def _queue_ack(self, d: Delivery, ran: Ran) -> None:
         self.settled.add(d.entry_id)
-        self.to_ack.append(d)
+        self.to_ack.append(Done(d, ran))
         self.ack_ready.set()
 
     async def _call(
         self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], job: JobContext
-    ) -> None:
+    ) -> Any:
         limit = task.options.timeout
         # Each delivery runs in a task of its own (admit_outcome), so the job bound here is seen
         # by a coroutine awaited in it, or by the task wait_for makes for a timeout (a copy of
@@ -287,7 +311,7 @@ class Executor:
                 context = contextvars.copy_context()
                 call = functools.partial(context.run, task.call_sync, args, kwargs)
                 run = in_thread = self.lanes.run(call)
-            await asyncio.wait_for(run, limit)
+            return await asyncio.wait_for(run, limit)
         except TimeoutError:
             if in_thread is not None:
                 # A thread cannot be stopped: the worker keeps its full concurrency without it.
@@ -305,9 +329,12 @@ class Executor:
         payload: Payload,
         exc: BaseException,
         args: tuple[Any, ...] = (),
+        started_ms: int | None = None,
     ) -> None:
         self.counters.failed += 1
         policy = task.options.retry
+        failure = Failure(type(exc).__name__, str(exc), payload.attempt + 1, started_ms,
+                          self._keep_ms(task))  # fmt: skip
         if policy.should_retry(exc, payload.attempt):
             delay = policy.delay_for(payload.attempt)
             payload, retry_id = task.retry_as(payload, args, d)
@@ -321,7 +348,8 @@ class Executor:
                      exc, payload.attempt + 1, policy.retries, delay)  # fmt: skip
             self.counters.retried += 1
             self.settled.add(d.entry_id)
-            await self.engine.run(self.engine.retry(d, again, delay, timer_id=retry_id))
+            await self.engine.run(self.engine.retry(d, again, delay, timer_id=retry_id,
+                                                    failure=failure))  # fmt: skip
             return
         tb = "".join(traceback.format_exception(exc))
         why = "not retried" if payload.attempt < policy.retries else "retries exhausted"
@@ -331,16 +359,20 @@ class Executor:
         if kept is not None:
             with contextlib.suppress(PayloadError):
                 buried = reencode(kept, attempt=kept.attempt, max_bytes=self.max_payload_bytes)
-        await self._bury(d, task.name, reason, tb, payload=buried)
+        await self._bury(d, task.name, reason, tb, payload=buried, failure=failure)
 
     async def _bury(
-        self, d: Delivery, task: str, reason: str, tb: str, *, payload: bytes | None = None
-    ) -> None:
+        self, d: Delivery, task: str, reason: str, tb: str, *, payload: bytes | None = None,
+        failure: Failure | None = None,
+    ) -> None:  # fmt: skip
         log.error("job %s moved to dead letters: %s", d.timer_id, reason)
         self.settled.add(d.entry_id)
         self.counters.dead += 1
+        if failure is None:  # no handler ran: the reason is the error
+            failure = Failure("", reason, 0, keep_ms=self._keep_ms(self.find_task(task)))
         bury = self.engine.bury(d, task=task, reason=reason, traceback=tb,
-                                bound=self.dead_letters, payload=payload)  # fmt: skip
+                                bound=self.dead_letters, failure=failure,
+                                payload=payload)  # fmt: skip
         await self.engine.run(bury)
 
     async def _hand_back(self, d: Delivery) -> None:
@@ -351,6 +383,20 @@ class Executor:
     # -- upkeep -------------------------------------------------------------------------------
 
     async def flush_acks(self) -> None:
+        # A job that ended before its start went out needs no start: its end tells it. The
+        # others' starts go before any end, in the same round trip as the first acks.
+        starts = [(d, ran) for d, ran in self.to_start if d.entry_id not in self.settled]
+        self.to_start = []
+        while starts:
+            part, starts = starts[:ACK_CHUNK], starts[ACK_CHUNK:]
+            batch, self.to_ack = self.to_ack[:ACK_CHUNK], self.to_ack[ACK_CHUNK:]
+            calls = [self.engine.started(part), *([self.engine.ack(batch)] if batch else [])]
+            try:
+                await self.engine.run(Batch(calls))
+            except Exception:
+                self.to_start[:0] = part + starts  # kept; started.lua never undoes an end
+                self.to_ack[:0] = batch
+                raise
         while self.to_ack:
             batch, self.to_ack = self.to_ack[:ACK_CHUNK], self.to_ack[ACK_CHUNK:]
             try:
@@ -371,17 +417,20 @@ class Executor:
     async def heartbeat(self) -> None:
         # Jobs done but not yet acknowledged (the server was away) stay ours too.
         entries = [e for e in self.running if e not in self.settled]
-        entries += [d.entry_id for d in (*self.to_ack, *self.buffered)]
+        entries += [d.entry_id for d in (*self._to_ack(), *self.buffered)]
         if not entries:  # nothing to keep: no round trip (a worker has one executor a shard)
             return
         lost = await self.engine.run(self.engine.heartbeat(entries))
         # Still ours to settle once the reply came: the others were settled meanwhile.
-        waiting = {d.entry_id for d in (*self.to_ack, *self.buffered)}
+        waiting = {d.entry_id for d in (*self._to_ack(), *self.buffered)}
         lost = [e for e in lost if e in waiting or (e in self.running and e not in self.settled)]
         if lost:
             # Another worker took them over after this one missed its heartbeats; both may
             # run the job (at-least-once), and only one acknowledgement removes its data.
             log.warning("%d running job(s) were taken over by another worker", len(lost))
+
+    def _to_ack(self) -> list[Delivery]:
+        return [done.delivery for done in self.to_ack]
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: let running jobs finish for ``timeout`` s, then hand the rest back."""

@@ -95,6 +95,7 @@ async def build_shard(
     executor = Executor(
         engine, settings, ctx.find_task, max_payload_bytes=app.max_payload_bytes,
         dead_letters=bound, stopping=ctx.stopping, gates=periodics, capacity=ctx.capacity,
+        result_ttl=app.result_ttl,
     )  # fmt: skip
     sweeper = Sweeper(
         engine, firing, orphan_scan_interval=settings.orphan_scan_interval,

@@ -21,7 +21,7 @@ import redis
 from delayq import Delayq, EmbeddedServer, ServerOutOfMemory
 from delayq.testing import WorkerProcess, percentile
 from tests.chaos.app import DEBOUNCE_S, declare
-from tests.conftest import payload_ids
+from tests.conftest import expiring_outcomes, payload_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 # Errors a producer meets while the server restarts, freezes or is full: the operation is
@@ -254,6 +254,18 @@ class Chaos:
         while time.monotonic() < deadline and any(self.leftovers().values()):
             time.sleep(0.2)
         return self.leftovers()
+
+    def release_outcomes(self) -> int:
+        """Delete the namespace's outcome records (kept result_ttl by design, not left behind),
+        each checked to expire within result_ttl first; how many there were."""
+        pattern = self.producer.keys.outcome_prefix + "*"
+        names = {k.decode() for k in self.client.scan_iter(pattern, 1000)}
+        expiring = expiring_outcomes(self.client, names, self.producer.result_ttl)
+        never = len(names - expiring)
+        self.ledger.check(not never, f"{never} outcome record(s) would never expire")
+        if names:
+            self.client.delete(*names)
+        return len(names)
 
     def settle(self, timeout: float = 90.0) -> Ledger:
         """Drain, stop the workers, and fill in the ledger."""

@@ -301,6 +301,7 @@ def soak(workdir: Path, full: bool) -> Ledger:
                 time.sleep(0.5)
         chaos.ledger.faults.append(f"{seconds:.0f} s of mixed traffic, memory sampled")
         left = chaos.drain()
+        records = chaos.release_outcomes()
         server_after = used_memory(chaos.client)
         rss_after = sum(rss_kb(w.pid) for w in workers if w.pid is not None)
         chaos.stop_workers()
@@ -312,7 +313,8 @@ def soak(workdir: Path, full: bool) -> Ledger:
         ledger.figures.append(
             f"{minutes:.0f} min of traffic; workers' RSS {warm[0] / 1024:.1f} -> "
             f"{rss_after / 1024:.1f} MB; server {server_before / 2**20:.2f} MB, "
-            f"peak {peak_server / 2**20:.2f}, drained {server_after / 2**20:.2f}"
+            f"peak {peak_server / 2**20:.2f}, drained {server_after / 2**20:.2f} (after "
+            f"{records:,} outcome records, each expiring, were removed)"
         )
         ledger.check(
             server_after - server_before < 1 * 2**20,
