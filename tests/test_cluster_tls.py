@@ -8,38 +8,24 @@ over TLS too. Skipped without such a binary, unless ``DELAYQ_REQUIRE_TLS=1``.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from delayq import ConfigurationError
 from delayq._cluster_server import LocalCluster
-from delayq._server import TlsFiles
 from tests.cluster_fixtures import exactly_once, owner, schedule_spread, start_ledger
 from tests.conftest import WorkerThread
-from tests.test_tls import find_server_binary, make_certs, unavailable
+from tests.test_tls import started_or_unavailable, tls_setup
 
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """3 primaries, no replicas: Redis 7.0 lists a new replica in CLUSTER SLOTS only ~8 s
     after it joined, and replication is the server's own business."""
-    binary, openssl = find_server_binary(), shutil.which("openssl")
-    if binary is None or openssl is None:
-        unavailable("a TLS cluster needs redis-server (or DELAYQ_TLS_SERVER) and openssl")
-    assert binary is not None and openssl is not None
     directory = tmp_path_factory.mktemp("tls-cluster")
-    certs = make_certs(directory, openssl)
-    files = TlsFiles(ca=certs.ca, cert=certs.server_cert, key=certs.server_key,
-                     client_cert=certs.client_cert, client_key=certs.client_key)  # fmt: skip
+    binary, files = tls_setup(directory, "a TLS cluster")
     cluster = LocalCluster(3, 0, data_dir=directory / "nodes", binary=binary, tls=files)
-    try:
-        cluster.start(timeout=60.0)
-    except ConfigurationError as exc:
-        if "exited with" not in str(exc):
-            raise
-        unavailable(f"{binary} cannot run a TLS cluster node: {exc}")
+    started_or_unavailable(lambda: cluster.start(timeout=60.0), binary, "a TLS cluster node")
     yield cluster
     cluster.cleanup()
 

@@ -5,7 +5,6 @@ binary, unless ``DELAYQ_REQUIRE_TLS=1``."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections import Counter
@@ -16,29 +15,16 @@ import pytest
 import redis
 
 from delayq import Delayq
-from delayq._errors import ConfigurationError
 from delayq._sentinel_server import LocalSentinel, query
-from delayq._server import TlsFiles
 from tests.conftest import WorkerThread, wait_until
-from tests.test_tls import find_server_binary, make_certs, unavailable
+from tests.test_tls import started_or_unavailable, tls_setup
 
 
 @pytest.fixture
 def tls_sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
-    binary, openssl = find_server_binary(), shutil.which("openssl")
-    if binary is None or openssl is None:
-        unavailable("TLS through Sentinel needs redis-server (or DELAYQ_TLS_SERVER) and openssl")
-    assert binary is not None and openssl is not None
-    certs = make_certs(tmp_path, openssl)
-    files = TlsFiles(ca=certs.ca, cert=certs.server_cert, key=certs.server_key,
-                     client_cert=certs.client_cert, client_key=certs.client_key)  # fmt: skip
+    binary, files = tls_setup(tmp_path, "TLS through Sentinel")
     deployment = LocalSentinel(1, 3, data_dir=tmp_path / "sentinel", binary=binary, tls=files)
-    try:
-        deployment.start(timeout=60.0)
-    except ConfigurationError as exc:
-        if "exited with" not in str(exc):
-            raise
-        unavailable(f"{binary} cannot run a TLS sentinel: {exc}")
+    started_or_unavailable(lambda: deployment.start(timeout=60.0), binary, "a TLS sentinel")
     yield deployment
     deployment.cleanup()
 

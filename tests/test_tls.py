@@ -30,7 +30,8 @@ import redis.asyncio as aredis
 
 from delayq import Delayq, EmbeddedServer
 from delayq._connection import redact_url
-from delayq._server import free_port
+from delayq._errors import ConfigurationError
+from delayq._server import TlsFiles, free_port
 from tests.conftest import ROOT, WorkerProcess, WorkerThread, wait_until
 
 # -- certificates ---------------------------------------------------------------------------
@@ -167,6 +168,29 @@ class TlsServer:
 
 def find_server_binary() -> str | None:
     return shutil.which(os.environ.get("DELAYQ_TLS_SERVER") or "redis-server")
+
+
+def tls_setup(directory: Path, what: str) -> tuple[str, TlsFiles]:
+    """The TLS server binary and fresh certificates in ``directory``, for ``what`` (a TLS
+    cluster, Sentinel...); skipped (or failed, with DELAYQ_REQUIRE_TLS=1) without them."""
+    binary, openssl = find_server_binary(), shutil.which("openssl")
+    if binary is None or openssl is None:
+        unavailable(f"{what} needs redis-server (or DELAYQ_TLS_SERVER) and openssl")
+    assert binary is not None and openssl is not None
+    certs = make_certs(directory, openssl)
+    files = TlsFiles(ca=certs.ca, cert=certs.server_cert, key=certs.server_key,
+                     client_cert=certs.client_cert, client_key=certs.client_key)  # fmt: skip
+    return binary, files
+
+
+def started_or_unavailable(start: Callable[[], None], binary: str, what: str) -> None:
+    """``start()``, or the test skipped if ``binary`` cannot run ``what`` (it exited)."""
+    try:
+        start()
+    except ConfigurationError as exc:
+        if "exited with" not in str(exc):
+            raise
+        unavailable(f"{binary} cannot run {what}: {exc}")
 
 
 @pytest.fixture(scope="module")

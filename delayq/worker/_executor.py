@@ -34,6 +34,8 @@ from delayq.worker._settings import WorkerSettings
 log = logging.getLogger("delayq.worker")
 ACK_CHUNK = 500
 QUEUE_RETRY_S = 1.0
+# How long a job runs before its "running" state is sent on its own (see _run).
+RUNNING_AFTER_S = 0.05
 # Deliveries are read ahead of free slots (up to ``concurrency`` more) only while recent jobs
 # took less than this: a freed slot then starts the next job without waiting for a read,
 # and what waits in the buffer waits no longer than about one such job. Slow jobs get no
@@ -120,6 +122,7 @@ class Executor:
         # entries any moment, which the heartbeat must not mistake for a takeover.
         self.settled: set[str] = set()
         self.ack_ready = asyncio.Event()
+        self.start_ready = asyncio.Event()
         self.counters = Counters()
         self.abandoned_threads = 0
 
@@ -260,7 +263,7 @@ class Executor:
     ) -> None:
         started = Ran(int(time.time() * 1000), payload.attempt + 1)
         self.to_start.append((d, started))
-        self.ack_ready.set()
+        self.start_ready.set()
         try:
             value = await self._call(task, args, payload.kwargs, _job_context(d, task, payload))
         except asyncio.CancelledError:
@@ -408,8 +411,13 @@ class Executor:
     async def run_acks(self) -> None:
         while not self.stopping.is_set() or self.to_ack:
             if not self.to_ack:  # acknowledgements kept after a failed flush go out first
-                await wait_any([self.ack_ready, self.stopping], None)
+                await wait_any([self.ack_ready, self.start_ready, self.stopping], None)
+                if not self.to_ack and not self.stopping.is_set():
+                    # Woken by starts alone: they go with the next acknowledgements, or after
+                    # RUNNING_AFTER_S; a job ending before needs no start (its end tells it).
+                    await wait_any([self.ack_ready, self.stopping], RUNNING_AFTER_S)
             self.ack_ready.clear()
+            self.start_ready.clear()
             await self.flush_acks()
             if self.stopping.is_set() and not self.running:
                 return
