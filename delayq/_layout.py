@@ -29,7 +29,6 @@ from delayq._calls import Flow, command
 from delayq._errors import ConfigurationError
 from delayq._keys import (
     BUCKETS,
-    DERIVED_MARKS,
     KEY_ROOT,
     RESERVED_PREFIX,
     WATCH_ID_PREFIX,
@@ -37,13 +36,13 @@ from delayq._keys import (
     Keys,
     acl_rules,
     check_namespace,
+    origin_id,
 )
 from delayq._topology import SLOTS, slot_of
 
 T = TypeVar("T")
 
 MAX_SHARDS = 256
-_DERIVED = DERIVED_MARKS
 _RETIRED = RESERVED_PREFIX + "c:"  # Keys.retired_cycle_id: "~c:<nonce>:<timer id>"
 _WATCHED = (WATCH_ID_PREFIX, WATCH_JOB_PREFIX)
 _TICK = "p:"  # a periodic tick without its "~": "p:<task>@<ms>"
@@ -61,10 +60,7 @@ def base_id(timer_id: str) -> str:
     """The id whose shard ``timer_id`` belongs to."""
     if timer_id.startswith(_RETIRED):
         timer_id = timer_id[len(_RETIRED) :].partition(":")[2]
-    cut = min((i for i in (timer_id.find(m) for m in _DERIVED) if i >= 0), default=-1)
-    if cut >= 0:
-        timer_id = timer_id[:cut]
-    timer_id = timer_id.removeprefix(RESERVED_PREFIX)
+    timer_id = origin_id(timer_id).removeprefix(RESERVED_PREFIX)
     if timer_id.startswith(_TICK):
         timer_id = timer_id.rpartition("@")[0] or timer_id
     return timer_id

@@ -134,8 +134,3 @@ def read_outcome(keys: Keys, timer_id: str) -> Call[Outcome | None]:
     keys_ = [keys.outcome(origin), keys.index_of(origin), keys.paused]
     return script("outcome", keys_, [origin],
                   decode=lambda reply: decode_outcome(origin, reply))  # fmt: skip
-
-
-def unpack_outcome_message(data: bytes) -> str:
-    """The origin id an outcomes channel message names."""
-    return data.decode("utf-8", "surrogatepass")

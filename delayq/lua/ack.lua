@@ -14,22 +14,22 @@
 --              started, ms
 --
 -- Returns how many entries were acknowledged (others were settled already).
-local entries, now = {}, nil
+local entries, now = {}, server_now()
 for i = 1, #KEYS - 1 do
   local a = 6 * i - 2
+  local record, keep = KEYS[1 + i], tonumber(ARGV[a + 3])
   entries[#entries + 1] = ARGV[a]
-  do
-    now = now or server_now()
-    local fields = {'s', 'succeeded', 'a', ARGV[a + 4], 't0', ARGV[a + 5], 't1', now,
-                    'w', ARGV[3]}
+  local fields = {}
+  if keep > 0 then  -- otherwise the record goes (keep_outcome): nothing to fill in
+    fields = {'s', 'succeeded', 'a', ARGV[a + 4], 't0', ARGV[a + 5], 't1', now, 'w', ARGV[3]}
     if ARGV[a + 2] ~= '' then
       fields[#fields + 1] = 'r'
       fields[#fields + 1] = ARGV[a + 2]
     else
-      redis.call('HDEL', KEYS[1 + i], 'r')
+      redis.call('HDEL', record, 'r')
     end
-    ended(KEYS[1 + i], fields, tonumber(ARGV[a + 3]), ARGV[2], ARGV[a + 1])
   end
+  ended(record, fields, keep, ARGV[2], ARGV[a + 1])
 end
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
 redis.call('XDEL', KEYS[1], unpack(entries))

@@ -44,9 +44,8 @@ for i = 1, #ARGV do
         redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score)
       end
       -- A retry keeps its attempts and last error; any other firing starts a new record.
-      if redis.call('HGET', KEYS[base + 3], 's') ~= 'retrying' then
-        redis.call('DEL', KEYS[base + 3])
-      end
+      local state = redis.call('HGET', KEYS[base + 3], 's')
+      if state and state ~= 'retrying' then redis.call('DEL', KEYS[base + 3]) end
       keep_outcome(KEYS[base + 3], {'s', 'queued'}, HOLD)
       fired = fired + 1
     else
