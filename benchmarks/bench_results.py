@@ -5,7 +5,8 @@ On a scratch server of the bundled binary, with one ``delayq worker`` child proc
 - the round trip from a job's return to its waiter waking (``await t.aresult()``, one job at
   a time; the job returns ``time.time()`` as it ends, the waiter subtracts it on waking);
 - no-op jobs per second, all due at once, with the default result_ttl (outcomes kept) and
-  with ``result_ttl=0`` (none kept), async and plain-function handlers, default concurrency.
+  with ``result_ttl=0`` (none kept), async and plain-function handlers, default concurrency;
+- the same with events off (the default) and with ``events=True`` on the task.
 
 Run from the repository root (about a minute; ``--jobs`` and ``--waits`` for other sizes):
 
@@ -80,6 +81,14 @@ def measure(url: str, workdir: Path, jobs: int, waits: int) -> Iterator[Row]:
             yield Row(f"no-op jobs/s, {mode}, result_ttl=0 ({jobs:,})", f"{without:,.0f} /s")
             yield Row("  default result_ttl (kept)", f"{with_results:,.0f} /s ({cost:+.0%} cost)",
                       "< 15 % cost", cost < 0.15)  # fmt: skip
+        for mode, quiet, told in (("async", tasks.noop, tasks.noop_events),
+                                  ("sync", tasks.noop_sync, tasks.noop_sync_events)):  # fmt: skip
+            off = on = 0.0
+            for _ in range(2):
+                off = max(off, drain(app, client, worker, quiet, jobs))
+                on = max(on, drain(app, client, worker, told, jobs))
+            yield Row(f"no-op jobs/s, {mode}, events off (default)", f"{off:,.0f} /s")
+            yield Row("  events=True (4 events a job)", f"{on:,.0f} /s ({1 - on / off:+.0%} cost)")
     app.close()
     client.close()
 

@@ -62,6 +62,8 @@ class BenchTasks:
     noop_sync: Task[..., Any]
     noop_unkept: Task[..., Any]  # result_ttl=0: no outcome kept
     noop_sync_unkept: Task[..., Any]
+    noop_events: Task[..., Any]  # events=True: each step told on the events stream
+    noop_sync_events: Task[..., Any]
     stamp: Task[..., Any]
     record: Task[..., Any]
     ping: Task[..., Any]
@@ -75,6 +77,10 @@ def register(target: Delayq) -> BenchTasks:
         noop_sync=target.task(name="bench.noop_sync", retries=0)(noop_sync),
         noop_unkept=target.task(name="bench.noop_unkept", retries=0, result_ttl=0)(noop),
         noop_sync_unkept=target.task(name="bench.noop_sync_unkept", retries=0, result_ttl=0)(
+            noop_sync
+        ),
+        noop_events=target.task(name="bench.noop_events", retries=0, events=True)(noop),
+        noop_sync_events=target.task(name="bench.noop_sync_events", retries=0, events=True)(
             noop_sync
         ),
         stamp=target.task(name="bench.stamp", retries=0)(stamp),

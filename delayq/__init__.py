@@ -19,7 +19,8 @@ from delayq._errors import (
     TimerCancelled,
     TimerPaused,
 )
-from delayq._outcomes import Outcome
+from delayq._events import JobEvent
+from delayq._outcomes import Outcome, Progress
 from delayq._server import EmbeddedServer
 from delayq._store import DeadLetter, ScheduleRequest
 from delayq._task import RetryPolicy, Task
@@ -37,12 +38,14 @@ __all__ = [
     "EmbeddedServer",
     "InvalidTimerId",
     "JobContext",
+    "JobEvent",
     "JobFailed",
     "JobTimeout",
     "NotReplicated",
     "Outcome",
     "Payload",
     "PayloadError",
+    "Progress",
     "ResultUnavailable",
     "RetryPolicy",
     "ScheduleError",

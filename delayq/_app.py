@@ -17,6 +17,12 @@ from delayq._connection import redact_url, tls_failure
 from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
 from delayq._declare import PERIODIC_RETRIES, TaskKwargs, check_result_ttl, declare
 from delayq._errors import ConfigurationError
+from delayq._events import (
+    DEFAULT_EVENTS_MAXLEN,
+    EventSettings,
+    check_events,
+    check_events_maxlen,
+)
 from delayq._keys import Keys
 from delayq._layout import check_shards
 from delayq._outcomes import DEFAULT_RESULT_TTL
@@ -103,6 +109,9 @@ class Delayq(Producer):
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
         result_ttl: float = DEFAULT_RESULT_TTL,
+        events: bool = False,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        event_touches: bool = False,
     ) -> None:
         """``shards``: how many hash slots a new namespace is spread over (default: 1 on one
         server, 16 on a cluster); an existing namespace keeps the count it was created with,
@@ -118,7 +127,12 @@ class Delayq(Producer):
 
         ``result_ttl``: seconds a job's outcome (state, result or error) is kept after it
         ends, for ``result()`` and ``outcome()``, unless its task says otherwise; 0 keeps
-        none. Also how long a cancellation is kept."""
+        none. Also how long a cancellation is kept.
+
+        ``events``: jobs tell their lifecycle events (``events()``), unless their task says
+        otherwise; off by default. ``events_maxlen``: about how many each shard's stream
+        keeps. ``event_touches``: a touch that moves a pending debounced timer is told too
+        (as ``rescheduled``)."""
         tls = bool((redis_options or {}).get("ssl"))
         self.url = _chosen_url(url, sentinels, service_name, tls)
         if namespace is None:
@@ -146,6 +160,10 @@ class Delayq(Producer):
             )
         _check_url(self.url, self.redis_options)
         self.tasks = TaskRegistry()
+        self.event_settings = EventSettings(
+            bool(check_events(events)), check_events_maxlen(events_maxlen),
+            bool(check_events(event_touches, "event_touches")), lambda: self.tasks,
+        )  # fmt: skip
         self.watchers: dict[str, Watcher[Any, Any]] = {}
         self.periodics: dict[str, Periodic[Any, Any]] = {}
         self._store: ShardedStore | None = None
@@ -180,7 +198,8 @@ class Delayq(Producer):
         if self._store is None:
             self._store = ShardedStore(self.namespace, shards=self.shards,
                                        max_payload_bytes=self.max_payload_bytes,
-                                       result_ttl=self.result_ttl)  # fmt: skip
+                                       result_ttl=self.result_ttl,
+                                       events=self.event_settings)  # fmt: skip
         return self._store
 
     def _runner(self) -> SyncRunner:

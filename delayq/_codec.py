@@ -41,6 +41,9 @@ class Payload:
     kwargs: dict[str, Any]
     attempt: int
     created_ms: int
+    # Follow-up tasks scheduled with the outcome, once it is final (``schedule(on_success=)``).
+    on_success: str | None = None
+    on_failure: str | None = None
 
     @property
     def created_at(self) -> dt.datetime:
@@ -111,14 +114,22 @@ def encode_payload(
     attempt: int,
     created_ms: int,
     max_bytes: int,
+    on_success: str | None = None,
+    on_failure: str | None = None,
 ) -> bytes:
     """Serialize a call; raise PayloadError naming the argument that cannot be serialized.
 
     Everything a worker would refuse to decode is refused here instead, before it is stored.
+    A payload with callbacks has a seventh item, a map of "s" / "f" to their task names; one
+    without stays six items long, as before callbacks.
     """
     _check_encodable(args, kwargs)
+    call: list[Any] = [FORMAT_VERSION, task, list(args), kwargs, attempt, created_ms]
+    then = {k: v for k, v in (("s", on_success), ("f", on_failure)) if v is not None}
+    if then:
+        call.append(then)
     try:
-        data = _pack([FORMAT_VERSION, task, list(args), kwargs, attempt, created_ms])
+        data = _pack(call)
     except (TypeError, ValueError, OverflowError):
         raise PayloadError(
             f"cannot serialize the call of task {task!r}: {_name_culprit(args, kwargs)}"
@@ -223,12 +234,13 @@ def _why_not_msgpack(what: str, exc: Exception) -> str:
 
 
 def _check_shape(value: object) -> Payload:
-    if not isinstance(value, list) or len(value) != 6:
+    if not isinstance(value, list) or len(value) not in (6, 7):
         got = f"a list of {len(value)} items" if isinstance(value, list) else _kind(value)
         raise PayloadError(
-            f"payload is not a delayq payload (expected a list of 6 items, got {got})"
+            f"payload is not a delayq payload (expected a list of 6 or 7 items, got {got})"
         )
-    version, task, args, kwargs, attempt, created_ms = value
+    version, task, args, kwargs, attempt, created_ms = value[:6]
+    then = _callbacks(value[6] if len(value) == 7 else {})
     if version != FORMAT_VERSION:
         raise PayloadError(f"unsupported payload format version {version!r:.40}")
     if not isinstance(task, str):
@@ -246,7 +258,17 @@ def _check_shape(value: object) -> Payload:
     if not 0 <= created_ms <= _MAX_MS:
         raise PayloadError(f"payload creation time {created_ms} is not a time in ms since 1970")
     _check_values("payload", args, kwargs)
-    return Payload(task, tuple(args), kwargs, attempt, created_ms)
+    return Payload(task, tuple(args), kwargs, attempt, created_ms, then.get("s"), then.get("f"))
+
+
+def _callbacks(value: object) -> dict[str, str]:
+    if (
+        not isinstance(value, dict)
+        or not set(value) <= {"s", "f"}
+        or not all(isinstance(name, str) and name for name in value.values())
+    ):
+        raise PayloadError("payload callbacks are not a map of 's' / 'f' to task names")
+    return value
 
 
 _KINDS: dict[type, str] = {dict: "a map", list: "a list", str: "a string", bytes: "bytes"}
@@ -320,6 +342,8 @@ def reencode(payload: Payload, *, attempt: int, max_bytes: int) -> bytes:
         attempt=attempt,
         created_ms=payload.created_ms,
         max_bytes=max_bytes,
+        on_success=payload.on_success,
+        on_failure=payload.on_failure,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from delayq._errors import ConfigurationError, ScheduleError
+from delayq._events import check_events
 from delayq._task import RetryPolicy, TaskOptions, default_task_name
 from delayq._when import Delay, delay_seconds
 
@@ -26,6 +27,7 @@ class TaskKwargs(TypedDict, total=False):
     retry: RetryPolicy | None
     timeout: Delay | None
     result_ttl: Delay | None
+    events: bool | None
 
 
 _RETRY_FIELDS = ("retries", "retry_backoff", "retry_backoff_max", "retry_for")
@@ -44,11 +46,14 @@ class Declaration:
     default_delay: float
     timeout: float | None
     result_ttl: float | None = None
+    events: bool | None = None
 
     def options_for(self, func: Callable[..., Any]) -> TaskOptions:
         # An explicit name is checked as given (TaskOptions refuses "", non-str, over-long).
         name = default_task_name(func) if self.name is None else self.name
-        return TaskOptions(name, self.retry, self.default_delay, self.timeout, self.result_ttl)
+        return TaskOptions(
+            name, self.retry, self.default_delay, self.timeout, self.result_ttl, self.events
+        )
 
 
 def declare(
@@ -70,7 +75,8 @@ def declare(
     if limit is not None and limit <= 0:
         raise ConfigurationError("timeout must be positive")
     return Declaration(options.get("name"), _retry_policy(options, retries), default_delay, limit,
-                       check_result_ttl(options.get("result_ttl")))  # fmt: skip
+                       check_result_ttl(options.get("result_ttl")),
+                       check_events(options.get("events")))  # fmt: skip
 
 
 def check_result_ttl(value: Delay | None) -> float | None:

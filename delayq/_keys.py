@@ -146,6 +146,8 @@ class Keys:
         self.outcome_prefix = prefix + "o:"
         # Sharded pub/sub (the shard's slot): the origin id of each job that ended.
         self.outcomes = prefix + "outcomes"
+        # Capped stream of lifecycle events (_events), when some task tells them.
+        self.events = prefix + "events"
 
     def shadow(self, timer_id: str) -> str:
         return self.shadow_prefix + timer_id
@@ -199,6 +201,12 @@ class Keys:
     def retired_cycle_id(timer_id: str, nonce: str) -> str:
         """Id under which a touch retires a debounced cycle that is overdue (see touch.lua)."""
         return f"{RESERVED_PREFIX}c:{nonce}:{timer_id}"
+
+    @staticmethod
+    def callback_id(kind: str, entry_id: str, origin: str) -> str:
+        """The job a callback (``kind`` "s": on_success, "f": on_failure) runs as: one per
+        delivery that ended the job, in the job's shard (see _layout.shard_of)."""
+        return f"{RESERVED_PREFIX}{kind}:{entry_id}:{origin}"
 
     @staticmethod
     def retry_id(timer_id: str, entry_id: str) -> str:
@@ -283,6 +291,7 @@ def acl_rules(home: Keys, shards: Sequence[Keys], db: int = 0,
 # notify-keyspace-events; without it the worker checks by experiment (CONFIG SET is optional).
 # CLUSTER SLOTS and ASKING: a cluster's slot map, and a call sent to a slot being moved.
 # WAIT: with wait_replicas. PEXPIRETIME: watched keys read on their own node (a cluster).
+# XREAD, XREVRANGE: reading the events stream.
 ACL_COMMANDS = (
     "ping", "time", "hello", "select", "client|setinfo", "client|setname", "config|get",
     "memory|usage", "cluster|slots", "asking",
@@ -295,6 +304,7 @@ ACL_COMMANDS = (
     "sadd", "srem", "smembers", "rpush", "lrange", "ltrim",
     "xadd", "xdel", "xlen", "xrange", "xack", "xpending", "xclaim", "xautoclaim",
     "xreadgroup", "xgroup|create", "xgroup|delconsumer", "xinfo|consumers", "xinfo|groups",
+    "xread", "xrevrange",
     "publish", "subscribe", "psubscribe", "unsubscribe", "punsubscribe",
     "spublish", "ssubscribe", "sunsubscribe",
 )  # fmt: skip

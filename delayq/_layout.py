@@ -43,7 +43,9 @@ from delayq._topology import SLOTS, slot_of
 T = TypeVar("T")
 
 MAX_SHARDS = 256
-_RETIRED = RESERVED_PREFIX + "c:"  # Keys.retired_cycle_id: "~c:<nonce>:<timer id>"
+# Ids made of another job's id, in its shard: a retired debounce cycle (Keys.retired_cycle_id:
+# "~c:<nonce>:<timer id>") and a callback (Keys.callback_id: "~s:<entry>:<id>", "~f:...").
+_WRAPPED = tuple(RESERVED_PREFIX + kind for kind in ("c:", "s:", "f:"))
 _WATCHED = (WATCH_ID_PREFIX, WATCH_JOB_PREFIX)
 _TICK = "p:"  # a periodic tick without its "~": "p:<task>@<ms>"
 
@@ -58,15 +60,20 @@ def check_shards(shards: object) -> int:
 
 def base_id(timer_id: str) -> str:
     """The id whose shard ``timer_id`` belongs to."""
-    if timer_id.startswith(_RETIRED):
-        timer_id = timer_id[len(_RETIRED) :].partition(":")[2]
-    timer_id = origin_id(timer_id).removeprefix(RESERVED_PREFIX)
+    timer_id = origin_id(_unwrapped(timer_id)).removeprefix(RESERVED_PREFIX)
     if timer_id.startswith(_TICK):
         timer_id = timer_id.rpartition("@")[0] or timer_id
     return timer_id
 
 
+def _unwrapped(timer_id: str) -> str:
+    while timer_id.startswith(_WRAPPED):  # a callback of a callback is wrapped twice
+        timer_id = timer_id[3:].partition(":")[2]
+    return timer_id
+
+
 def shard_of(timer_id: str, count: int) -> int:
+    timer_id = _unwrapped(timer_id)
     if count == 1 or timer_id.startswith(_WATCHED):
         # Watched keys' timers are the watch leader's, which applies their events in order
         # through one script: they all live in the first shard, with the watch index.

@@ -2,17 +2,18 @@
 
 Every script that moves a job on writes its record, in the same step as the change itself
 (``Keys.outcome``, under the job's origin id): fire.lua "queued", started.lua "running",
-retry.lua "retrying" with the error, and ack.lua, bury.lua and cancel.lua its end, told on the
-shard's outcomes channel. A record under way lives OUTCOME_HOLD_MS; an ended one
-``result_ttl``. A producer reads it with outcome.lua, which also says whether the timer is
-still pending or paused; waiting for the end is ``_waiting``'s.
+progress.lua how far it is, retry.lua "retrying" with the error, and ack.lua, bury.lua and
+cancel.lua its end. progress.lua and the ends are told on the shard's outcomes channel. A
+record under way lives OUTCOME_HOLD_MS; an ended one ``result_ttl``. A producer reads it with
+outcome.lua, which also says whether the timer is still pending or paused; waiting for the end
+is ``_waiting``'s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from delayq._calls import Call, script
 from delayq._codec import decode_result
@@ -27,6 +28,13 @@ STATES = ("scheduled", "paused", "queued", "running", "retrying", "succeeded", "
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 
 
+class Progress(NamedTuple):
+    """How far a running job says it is (``current_job().progress``)."""
+
+    fraction: float  # 0.0 to 1.0
+    message: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Ran:
     """A job's run, as its outcome record keeps it: ``result`` (msgpack) None for none."""
@@ -35,6 +43,7 @@ class Ran:
     attempts: int
     keep_ms: int = 0
     result: bytes | None = None
+    task: str = ""  # whose events tell it ("" for a delivery that ran no job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,7 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     raw_result: bytes | None = None
+    progress: Progress | None = None  # the latest its job told, if any
 
     @property
     def ended(self) -> bool:
@@ -125,8 +135,15 @@ def decode_outcome(timer_id: str, reply: list[Any]) -> Outcome | None:
         timer_id, _text(fields.get("s")) or "queued", _int(fields.get("a")) or 0,
         _int(fields.get("t0")), _int(fields.get("t1")), _text(fields.get("w")),
         _text(fields.get("e")) or None, _text(fields.get("m")), _text(fields.get("tb")),
-        bytes(raw)[1:] if raw else None,
+        bytes(raw)[1:] if raw else None, _progress(fields),
     )  # fmt: skip
+
+
+def _progress(fields: dict[str, Any]) -> Progress | None:
+    fraction = fields.get("p")
+    if fraction is None:
+        return None
+    return Progress(float(fraction), _text(fields.get("pm")) or None)
 
 
 def read_outcome(keys: Keys, timer_id: str) -> Call[Outcome | None]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from delayq._calls import Call, Flow, server_time
 from delayq._debounce import Debounced
 from delayq._errors import ConfigurationError
+from delayq._event_reader import follow_async, follow_sync
+from delayq._events import JobEvent
 from delayq._keys import check_timer_id
 from delayq._outcomes import Outcome
 from delayq._sharded import ShardedStore
@@ -24,7 +26,7 @@ from delayq._store import (
     try_decode,
 )
 from delayq._timer import Timer
-from delayq._waiting import AsyncWaiters, wait_sync
+from delayq._waiting import AsyncWaiters, OnProgress, wait_sync
 from delayq._when import Delay, resolve_when
 
 if TYPE_CHECKING:
@@ -60,19 +62,51 @@ class Producer:
 
     # -- outcomes -----------------------------------------------------------------------------
 
-    def result(self, timer_id: str, timeout: float = 30.0) -> Any:
+    def result(
+        self, timer_id: str, timeout: float = 30.0, *, on_progress: OnProgress | None = None
+    ) -> Any:
         """Wait until the job scheduled as ``timer_id`` ends, and return what it returned.
 
         Raises JobFailed (it failed for good), TimerCancelled, ResultUnavailable (nothing is
         known of it: never scheduled, result not kept, or retention over) at once, and
-        TimeoutError when it has not ended within ``timeout`` seconds."""
-        check_timer_id(timer_id)
-        return wait_sync(self, timer_id, _checked_timeout(timeout)).value()
+        TimeoutError when it has not ended within ``timeout`` seconds. ``on_progress`` is
+        called with each new ``Progress`` the job tells while it is waited for."""
+        return self.wait_for(timer_id, timeout, on_progress).value()
 
-    async def aresult(self, timer_id: str, timeout: float = 30.0) -> Any:
+    async def aresult(
+        self, timer_id: str, timeout: float = 30.0, *, on_progress: OnProgress | None = None
+    ) -> Any:
+        return (await self.await_for(timer_id, timeout, on_progress)).value()
+
+    def wait_for(
+        self, timer_id: str, timeout: float, on_progress: OnProgress | None = None
+    ) -> Outcome:
+        """The job's outcome once it ended (``result`` without taking the value out)."""
+        check_timer_id(timer_id)
+        return wait_sync(self, timer_id, _checked_timeout(timeout), on_progress)
+
+    async def await_for(
+        self, timer_id: str, timeout: float, on_progress: OnProgress | None = None
+    ) -> Outcome:
         check_timer_id(timer_id)
         waiters = await self._waiters()
-        return (await waiters.wait(timer_id, _checked_timeout(timeout))).value()
+        return await waiters.wait(timer_id, _checked_timeout(timeout), on_progress)
+
+    def events(self, since: str | None = None, follow: bool = True,
+               tasks: Iterable[Any] | None = None) -> Iterator[JobEvent]:  # fmt: skip
+        """The namespace's lifecycle events (``events=True`` on the app or a task turns them
+        on), oldest first, as ``JobEvent``; in order per job, merged by time across shards.
+
+        ``since``: None or "0" for every event still kept, "$" for only those told from now
+        on, or an event's ``position`` to go on after it (missing nothing still kept, repeating
+        nothing). ``follow``: keep waiting for new events (False: stop at the newest).
+        ``tasks``: only these tasks' (names or task objects)."""
+        return follow_sync(self, since, follow, tasks)
+
+    def aevents(self, since: str | None = None, follow: bool = True,
+                tasks: Iterable[Any] | None = None) -> AsyncIterator[JobEvent]:  # fmt: skip
+        """``events()`` as an async iterator: ``async for event in app.aevents(): ...``."""
+        return follow_async(self, since, follow, tasks)
 
     def outcome(self, timer_id: str) -> Outcome | None:
         """What is known of the job now (its state, attempts, result or error), or None."""

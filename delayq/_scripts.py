@@ -39,6 +39,7 @@ NAMES = (
     "renew",
     "ensure_group",
     "ack",
+    "progress",
 )
 
 

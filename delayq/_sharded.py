@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from delayq._calls import Batch, Call, Flow
+from delayq._events import OFF, EventSettings
 from delayq._keys import Keys
 from delayq._layout import Layout, resolve, stored_count
 from delayq._outcomes import DEFAULT_RESULT_TTL, Outcome
@@ -48,8 +49,10 @@ R = TypeVar("R", bound=_Request)
 
 class ShardedStore:
     def __init__(self, namespace: str, *, shards: int | None, max_payload_bytes: int,
-                 result_ttl: float = DEFAULT_RESULT_TTL) -> None:  # fmt: skip
+                 result_ttl: float = DEFAULT_RESULT_TTL,
+                 events: EventSettings = OFF) -> None:  # fmt: skip
         self.namespace = namespace
+        self.events = events
         self.wanted = shards
         self.max_payload_bytes = max_payload_bytes
         self.result_ttl = result_ttl
@@ -71,7 +74,7 @@ class ShardedStore:
             layout = yield from resolve(self.namespace, self.wanted, default,
                                         bucketed=not on_cluster)  # fmt: skip
             self._stores = [StoreCalls(k, max_payload_bytes=self.max_payload_bytes,
-                                       result_ttl=self.result_ttl)
+                                       result_ttl=self.result_ttl, events=self.events)
                             for k in layout.shards]  # fmt: skip
             self._layout = layout
         return self._layout

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from delayq._calls import Batch, Call, Flow, command, mapped, script, server_time, text
 from delayq._codec import Payload, decode_payload, reencode
 from delayq._errors import InvalidTimerId
+from delayq._events import OFF, EventSettings
 from delayq._keys import WATCH_ID_PREFIX, Keys
 from delayq._outcomes import DEFAULT_RESULT_TTL, Outcome, keep_ms, read_outcome
 from delayq._when import When
@@ -131,8 +132,10 @@ class StoreCalls:
     """The calls on one namespace's stored timers; pure building and decoding, no I/O."""
 
     def __init__(self, keys: Keys, *, max_payload_bytes: int,
-                 result_ttl: float = DEFAULT_RESULT_TTL) -> None:  # fmt: skip
+                 result_ttl: float = DEFAULT_RESULT_TTL,
+                 events: EventSettings = OFF) -> None:  # fmt: skip
         self.keys = keys
+        self.events = events  # which jobs' changes are told on the events stream
         self.max_payload_bytes = max_payload_bytes
         self.result_ttl = result_ttl  # how long a cancellation is kept as the timer's outcome
         # Unique names for the debounced cycles a touch may retire (see touch.lua): random per
@@ -164,7 +167,8 @@ class StoreCalls:
             t = req.timer_id
             keys += (k.shadow(t), k.data(t))
             args += (t, req.payload, req.when.mode, req.when.ms, "1" if req.replace else "0")
-        return script("schedule", keys, args, refused=refused, weight=len(reqs), replicate=True,
+        return script("schedule", [*keys, k.events], [*args, self.events.spec()],
+                      refused=refused, weight=len(reqs), replicate=True,
                       decode=lambda reply: _armed(reqs, reply))  # fmt: skip
 
     def touch(self, req: TouchRequest) -> Call[Touched]:
@@ -186,7 +190,8 @@ class StoreCalls:
             keys += (k.shadow(t), k.data(t), k.items(t), k.data(retired), k.items(retired))
             args += (t, req.payload, req.window_ms, req.mode, req.max_items, req.max_wait_ms,
                      req.item, retired)  # fmt: skip
-        return script("touch", keys, args, refused=refused, weight=len(reqs), replicate=True,
+        return script("touch", [*keys, k.events], [*args, self.events.spec()],
+                      refused=refused, weight=len(reqs), replicate=True,
                       decode=lambda reply: _touched(reqs, reply))  # fmt: skip
 
     # -- one timer ----------------------------------------------------------------------------
@@ -194,8 +199,8 @@ class StoreCalls:
     def cancel(self, timer_id: str) -> Call[bool]:
         k = self.keys
         keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index_of(timer_id),
-                k.paused, k.first_touch, k.outcome(timer_id)]  # fmt: skip
-        args = [timer_id, keep_ms(self.result_ttl), k.outcomes]
+                k.paused, k.first_touch, k.outcome(timer_id), k.events]  # fmt: skip
+        args = [timer_id, keep_ms(self.result_ttl), k.outcomes, self.events.spec()]
         return script("cancel", keys, args, decode=bool, replicate=True)
 
     def outcome(self, timer_id: str) -> Call[Outcome | None]:
@@ -214,9 +219,10 @@ class StoreCalls:
                 "not apply to it; change the key's TTL (EXPIRE, PERSIST) or cancel the timer"
             )
         k = self.keys
-        keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.paused]
+        keys = [k.shadow(timer_id), k.data(timer_id), k.index, k.paused, k.events]
         verb = "reschedule" if operation in ("delay", "at") else operation
-        args: list[Any] = [timer_id, operation, ms, k.wake_channel, duration_ms]
+        args: list[Any] = [timer_id, operation, ms, k.wake_channel, duration_ms,
+                           self.events.spec()]  # fmt: skip
         return script("control", keys, args, refused=f"{verb} of timer {timer_id!r} was",
                       replicate=True,
                       decode=lambda r: Controlled(int(r[0]), int(r[1]), int(r[2])))  # fmt: skip
@@ -311,8 +317,9 @@ class StoreCalls:
             # The job of one expiry, with the data it was given: under a plain id, so that the
             # watched key's current state has no say in it.
             t = Keys.plain_watch_job_id(t, "redrive", letter.entry_id)
-        keys = [k.dead, k.shadow(t), k.data(t), k.index, k.items(t)]
-        args: list[Any] = [letter.entry_id, t, payload, k.wake_channel, letter.raw_items]
+        keys = [k.dead, k.shadow(t), k.data(t), k.index, k.items(t), k.events]
+        args: list[Any] = [letter.entry_id, t, payload, k.wake_channel, letter.raw_items,
+                           self.events.spec()]  # fmt: skip
         return script("redrive", keys, args, decode=int, replicate=True,
                       refused=f"re-arming dead letter {letter.entry_id} was")  # fmt: skip
 

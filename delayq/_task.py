@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar
 
 from delayq._codec import encode_payload
 from delayq._errors import ConfigurationError
@@ -70,6 +70,8 @@ class TaskOptions:
     timeout: float | None = None  # seconds a run may take before it counts as failed
     # Seconds its outcome is kept after it ends (0: none); None: the app's result_ttl.
     result_ttl: float | None = None
+    # Whether its jobs tell lifecycle events; None: the app's ``events``.
+    events: bool | None = None
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
@@ -135,10 +137,13 @@ class Task(Generic[P, R]):
         delay: Delay | None = None,
         at: dt.datetime | None = None,
         id: str | None = None,
+        on_success: Callback | None = None,
+        on_failure: Callback | None = None,
         **kwargs: Any,
     ) -> ScheduleRequest:
         """Validate and serialize a call without storing it (for ``Delayq.schedule_many``)."""
-        return self.request(args, kwargs, delay=delay, at=at, timer_id=id)
+        return self.request(args, kwargs, delay=delay, at=at, timer_id=id,
+                            on_success=on_success, on_failure=on_failure)  # fmt: skip
 
     def request(
         self,
@@ -149,6 +154,8 @@ class Task(Generic[P, R]):
         at: dt.datetime | None = None,
         timer_id: str | None = None,
         replace: bool = False,
+        on_success: Callback | None = None,
+        on_failure: Callback | None = None,
     ) -> ScheduleRequest:
         """Like ``prepare``, with the call's arguments passed as a tuple and a dict."""
         when = resolve_when(delay, at, self.options.default_delay)
@@ -160,6 +167,8 @@ class Task(Generic[P, R]):
             attempt=0,
             created_ms=int(time.time() * 1000),
             max_bytes=self.app.max_payload_bytes,
+            on_success=callback_name(on_success, "on_success"),
+            on_failure=callback_name(on_failure, "on_failure"),
         )
         return ScheduleRequest(timer_id, payload, when, replace)
 
@@ -169,6 +178,8 @@ class Task(Generic[P, R]):
         delay: Delay | None = None,
         at: dt.datetime | None = None,
         id: str | None = None,
+        on_success: Callback | None = None,
+        on_failure: Callback | None = None,
         **kwargs: Any,
     ) -> Timer:
         """Run later: after ``delay`` (seconds or timedelta) or at ``at`` (an aware datetime).
@@ -176,8 +187,13 @@ class Task(Generic[P, R]):
         With ``id=``, scheduling is idempotent: while a timer with that id is pending, the
         existing timer is returned (``created`` is False) and nothing changes. Once it has
         fired, the id is free again.
+
+        ``on_success`` / ``on_failure``: a task (or its name) scheduled, once, when this job
+        succeeds / fails for good, with one argument: a dict of its outcome (see
+        docs/outcomes.md, "Callbacks").
         """
-        req = self.request(args, kwargs, delay=delay, at=at, timer_id=id)
+        req = self.request(args, kwargs, delay=delay, at=at, timer_id=id,
+                           on_success=on_success, on_failure=on_failure)  # fmt: skip
         return self.app.arm(req)
 
     async def aschedule(
@@ -186,10 +202,13 @@ class Task(Generic[P, R]):
         delay: Delay | None = None,
         at: dt.datetime | None = None,
         id: str | None = None,
+        on_success: Callback | None = None,
+        on_failure: Callback | None = None,
         **kwargs: Any,
     ) -> Timer:
         """``schedule`` for asyncio code: the same arguments, the same errors."""
-        req = self.request(args, kwargs, delay=delay, at=at, timer_id=id)
+        req = self.request(args, kwargs, delay=delay, at=at, timer_id=id,
+                           on_success=on_success, on_failure=on_failure)  # fmt: skip
         return await self.app.aarm(req)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Timer:
@@ -206,6 +225,19 @@ class Task(Generic[P, R]):
     def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
         result: Awaitable[Any] = self.fn(*args, **kwargs)  # type: ignore[assignment]
         return result
+
+
+Callback: TypeAlias = "Task[Any, Any] | str"
+
+
+def callback_name(callback: Callback | None, what: str) -> str | None:
+    """The task name a callback option names; ConfigurationError if it names none."""
+    if callback is None:
+        return None
+    name = getattr(callback, "name", callback)  # a Task, or already its name
+    if not isinstance(name, str):
+        raise ConfigurationError(f"{what} takes a task or a task name, not {callback!r:.80}")
+    return check_task_name(name)
 
 
 def default_task_name(fn: Callable[..., Any]) -> str:

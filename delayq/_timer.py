@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from delayq._codec import Payload, decode_payload
 from delayq._errors import TimerPaused
-from delayq._waiting import unknown
+from delayq._waiting import OnProgress, unknown
 from delayq._when import Delay, delay_seconds, from_ms, resolve_when
 
 if TYPE_CHECKING:
     from delayq._calls import Flow
-    from delayq._outcomes import Outcome
+    from delayq._outcomes import Outcome, Progress
     from delayq._producer import Producer
 
 
@@ -82,12 +82,19 @@ class Timer:
         self.outcome = outcome
         return outcome.state
 
-    def result(self, timeout: float = 30.0) -> Any:
-        """Wait for the job's end and return its result (see ``Delayq.result``)."""
-        return self._app.result(self.id, timeout)
+    @property
+    def progress(self) -> Progress | None:
+        """The latest progress its job told, as last read (``refresh()`` reads it anew)."""
+        return None if self.outcome is None else self.outcome.progress
 
-    async def aresult(self, timeout: float = 30.0) -> Any:
-        return await self._app.aresult(self.id, timeout)
+    def result(self, timeout: float = 30.0, *, on_progress: OnProgress | None = None) -> Any:
+        """Wait for the job's end and return its result (see ``Delayq.result``)."""
+        self.outcome = self._app.wait_for(self.id, timeout, on_progress)
+        return self.outcome.value()
+
+    async def aresult(self, timeout: float = 30.0, *, on_progress: OnProgress | None = None) -> Any:
+        self.outcome = await self._app.await_for(self.id, timeout, on_progress)
+        return self.outcome.value()
 
     @property
     def paused(self) -> bool:

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delayq._errors import ResultUnavailable
 from delayq._keys import Keys, origin_id
-from delayq._outcomes import Outcome
+from delayq._outcomes import Outcome, Progress
 
 if TYPE_CHECKING:
     from delayq._producer import Producer
@@ -35,6 +35,7 @@ log = logging.getLogger("delayq")
 _LOST = (RedisConnectionError, RedisTimeoutError)  # not OSError: TimeoutError is one
 # How often a subscription checks that its shard's node still holds the shard (a cluster).
 CHECK_EVERY_S = 2.0
+OnProgress = Callable[[Progress], object]
 
 
 def unknown(timer_id: str) -> ResultUnavailable:
@@ -55,6 +56,19 @@ def _ended(outcome: Outcome | None, timer_id: str) -> Outcome | None:
     return outcome if outcome.ended else None
 
 
+class _Progressed:
+    """Hands each new progress of a job under way to ``on_progress``, once."""
+
+    def __init__(self, on_progress: OnProgress | None) -> None:
+        self.on_progress = on_progress
+        self.last: Progress | None = None
+
+    def __call__(self, outcome: Outcome) -> None:
+        if self.on_progress is not None and outcome.progress not in (None, self.last):
+            self.last = outcome.progress
+            self.on_progress(outcome.progress)
+
+
 # -- asyncio ------------------------------------------------------------------------------------
 
 
@@ -64,7 +78,8 @@ class _ShardWatch:
     def __init__(self, listen: AsyncRunner, keys: Keys) -> None:
         self.listen = listen
         self.keys = keys
-        self.ready = asyncio.Event()  # subscribed: what ends from now on is heard
+        self.ready = asyncio.Event()  # subscribed: what ends from now on is heard (or failed)
+        self.failed: Exception | None = None  # why it cannot subscribe (e.g. ACL): told to waiters
         self.waiting: dict[str, set[asyncio.Event]] = {}
         self.task = asyncio.create_task(self._run(), name=f"outcomes {keys.tag}")
 
@@ -102,8 +117,15 @@ class _ShardWatch:
                 await self._receive(pubsub, node)
             except _LOST as exc:
                 log.debug("outcomes subscription of %s lost: %r", self.keys.tag, exc)
+            except Exception as exc:  # refused, not lost: waiters raise it (the next makes anew)
+                log.warning("outcomes subscription of %s failed: %r", self.keys.tag, exc)
+                self.failed = exc
+                self.ready.set()
+                self._wake_all()
+                return
             finally:
-                self.ready.clear()
+                if self.failed is None:
+                    self.ready.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(backoff)
@@ -139,15 +161,26 @@ class AsyncWaiters:
         self.shards: dict[str, _ShardWatch] = {}
 
     async def _watch(self, keys: Keys) -> _ShardWatch:
+        if (
+            self._listen is not None
+            and self._listen.done()
+            and (self._listen.cancelled() or self._listen.exception() is not None)
+        ):
+            self._listen = None  # a failed connection is tried again, not raised for ever
         if self._listen is None:
             self._listen = asyncio.ensure_future(self._connect())
         listen = await asyncio.shield(self._listen)
         watch = self.shards.get(keys.tag)
-        if watch is None:
+        if watch is None or watch.task.done():
+            if watch is not None:
+                watch.waiting.clear()  # its waiters have been told why it failed
             watch = self.shards[keys.tag] = _ShardWatch(listen, keys)
         return watch
 
-    async def wait(self, timer_id: str, timeout: float) -> Outcome:
+    async def wait(
+        self, timer_id: str, timeout: float, on_progress: OnProgress | None = None
+    ) -> Outcome:
+        progressed = _Progressed(on_progress)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         keys = await self.app._arun(self.app.store.keys_for(timer_id))
@@ -157,13 +190,17 @@ class AsyncWaiters:
         try:
             while True:
                 left = deadline - loop.time()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watch.ready.wait(), max(left, 0))
+                if not watch.ready.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(watch.ready.wait(), max(left, 0))
+                if watch.failed is not None:
+                    raise watch.failed
                 event.clear()
                 outcome = await self.app._arun(self.app.store.outcome(timer_id))
                 if (ended := _ended(outcome, timer_id)) is not None:
                     return ended
                 assert outcome is not None
+                progressed(outcome)
                 left = deadline - loop.time()
                 if left <= 0:
                     raise _timed_out(timer_id, timeout, outcome)
@@ -188,8 +225,11 @@ class AsyncWaiters:
 # -- synchronous --------------------------------------------------------------------------------
 
 
-def wait_sync(app: Producer, timer_id: str, timeout: float) -> Outcome:
+def wait_sync(
+    app: Producer, timer_id: str, timeout: float, on_progress: OnProgress | None = None
+) -> Outcome:
     """``AsyncWaiters.wait`` for one synchronous call, on a subscription of its own."""
+    progressed = _Progressed(on_progress)
     deadline = time.monotonic() + timeout
     keys = app._run(app.store.keys_for(timer_id))
     origin = origin_id(timer_id).encode("utf-8", "surrogatepass")
@@ -207,6 +247,7 @@ def wait_sync(app: Producer, timer_id: str, timeout: float) -> Outcome:
                 if (ended := _ended(outcome, timer_id)) is not None:
                     return ended
                 assert outcome is not None
+                progressed(outcome)
                 if not _heard(pubsub, origin, deadline) and time.monotonic() >= deadline:
                     raise _timed_out(timer_id, timeout, outcome)
         except _LOST as exc:

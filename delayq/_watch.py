@@ -7,6 +7,7 @@ keeping each key's deadline in the watch index as a *watch timer* (see worker/_w
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -135,7 +136,7 @@ class Watcher(Task[P, R]):
 
 
 def _with_args(payload: Payload, args: tuple[Any, ...]) -> Payload:
-    return Payload(payload.task, args, payload.kwargs, payload.attempt, payload.created_ms)
+    return dataclasses.replace(payload, args=args)
 
 
 def is_watch_id(timer_id: str) -> bool:

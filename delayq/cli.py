@@ -452,6 +452,10 @@ def _shard_count(app: Delayq) -> int:
         app.close()
 
 
+# Commands of their own modules, which use the options above.
+from delayq import _cli_events  # noqa: E402, F401
+
+
 def main() -> None:
     try:
         cli()

@@ -79,6 +79,11 @@ def run_the_flow(app: Delayq, start_worker: Callable[..., WorkerThread], timer_i
     wait_until(lambda: expected <= set(ran) and len(app.dead_letters()) == 1, timeout=30)
     assert ran["bad"] == 2
     assert all(ran[tag] == 1 for tag in timer_ids), ran
+    # Events, read back as the limited user (XREAD, XREVRANGE), from every shard.
+    told = {e.kind for e in app.events(follow=False)}
+    assert told >= {"scheduled", "rescheduled", "cancelled", "fired", "started", "succeeded",
+                    "retried", "failed"}, told  # fmt: skip
+    assert next(iter(app.events(since="$", follow=False)), None) is None
     assert app.retry_dead(app.dead_letters()[0])
     return runner
 
@@ -104,7 +109,7 @@ def test_whole_flow_as_a_least_privilege_user(
     admin.config_set("notify-keyspace-events", "".join(sorted(set(flags) | set("KEg$x"))))
     url = as_limited(server.url)
     limited = redis.Redis.from_url(url)
-    app = Delayq(url, namespace="acl")
+    app = Delayq(url, namespace="acl", events=True)
 
     def watched(app: Delayq, note: Callable[[str], None]) -> set[str]:
         @app.on_expire("acl-seen:*", data="acl-data:{suffix}")
@@ -149,7 +154,7 @@ def test_a_sharded_namespace_on_a_cluster_as_a_least_privilege_user(
         reply = node.query("CONFIG", "GET", "notify-keyspace-events")
         flags[node] = reply["notify-keyspace-events"] if isinstance(reply, dict) else reply[1]
         node.query("CONFIG", "SET", "notify-keyspace-events", "KEg$x")
-    app = Delayq(as_limited(cluster.url), namespace=namespace)
+    app = Delayq(as_limited(cluster.url), namespace=namespace, events=True)
     admin = redis.RedisCluster.from_url(cluster.url)
 
     def watched(app: Delayq, note: Callable[[str], None]) -> set[str]:

@@ -234,3 +234,47 @@ def test_results_on_a_cluster_from_every_shard(
 
     assert asyncio.run(main()) == [f"a-{t}" for t in ids.values()]
     app.close()
+
+
+def test_async_waiting_recovers_from_a_failed_connection_and_tells_a_refusal(
+    fresh_server: EmbeddedServer, start_worker: Callable[..., WorkerThread]
+) -> None:
+    """A first aresult() while the server is down fails; once it is back, the next works (the
+    failed connection is not kept). A subscription the server refuses (an ACL user without
+    the outcomes channel) raises its error at once instead of waiting out the timeout."""
+    app = Delayq(fresh_server.url, namespace="r" + uuid.uuid4().hex[:8])
+    tasks = _tasks(app)
+    timer = tasks.echo.delay("back")
+    fresh_server.stop()
+
+    async def wait() -> Any:
+        return await timer.aresult(timeout=20)
+
+    async def main() -> Any:
+        try:  # not `async with app`: it would connect first
+            with pytest.raises(redis.ConnectionError):
+                await wait()
+            fresh_server.start()
+            start_worker(app)
+            return await wait()
+        finally:
+            await app.aclose()
+
+    assert asyncio.run(main()) == "back"
+    admin = redis.Redis.from_url(fresh_server.url)
+    admin.acl_setuser("deaf", enabled=True, passwords=["+pw"], keys=["*"], channels=["wake*"],
+                      commands=["+@all"])  # fmt: skip
+    deaf = Delayq(fresh_server.url.replace("redis://", "redis://deaf:pw@"), namespace=app.namespace)
+    done = tasks.echo.delay("done")
+    assert done.result(timeout=20) == "done"
+
+    async def refused() -> float:
+        async with deaf:
+            began = time.monotonic()
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await deaf.aresult(done.id, timeout=10)
+            return time.monotonic() - began
+
+    assert asyncio.run(refused()) < 5
+    admin.close()
+    app.close()

@@ -2,9 +2,10 @@
 -- control.lua: change a pending timer's deadline: reschedule, restart, extend, pause, resume.
 --
 -- KEYS[1]  shadow key       value = the armed duration in ms
--- KEYS[2]  payload bucket (unused: the payload stays as it is)
+-- KEYS[2]  payload bucket (read only for the task of its event: the payload stays as it is)
 -- KEYS[3]  due index
 -- KEYS[4]  paused hash      timer id -> "remaining_ms:duration_ms"
+-- KEYS[5]  events stream: "rescheduled" for a new deadline, if the timer's task wants it told
 -- ARGV[1]  timer id
 -- ARGV[2]  operation:
 --            "delay"   ARGV[3] = ms from now       (reschedule(delay=); duration becomes it)
@@ -19,6 +20,7 @@
 --          gone (it expires a grace after the deadline, so a timer overdue by more, with no
 --          worker to fire it, has lost it), so that "restart" still has a duration and "pause"
 --          and "extend" carry a plausible one forward instead of their own argument
+-- ARGV[6]  events spec (prelude: event_spec)
 --
 -- Returns {status, due_ms, now_ms}
 --   status  1: done (due_ms is the new deadline; for "pause", the time left in ms)
@@ -35,6 +37,11 @@ if not paused and not score then return {0, -1, now} end
 local function rearm(due, duration)
   if due < now then due = now end
   arm(KEYS[1], KEYS[3], id, due, duration, now, ARGV[4])
+  local spec = event_spec(ARGV[6])
+  if spec then
+    tell(KEYS[5], spec, payload_task(payload_get(KEYS[2], id) or ''), 'rescheduled', id, 1,
+         {'d', due})
+  end
   return {1, due, now}
 end
 

@@ -13,7 +13,9 @@
 -- KEYS[7 + 4i]     items list of the i-th timer (debounced, payload="all")
 -- KEYS[8 + 4i]     outcome record of the i-th timer's job: "queued" from now on (a retry
 --                  keeps what its earlier attempts recorded; any other job starts anew)
--- ARGV[i + 1]      id of the i-th timer
+-- KEYS[#KEYS]      events stream: a "fired" event for each job its task wants told
+-- ARGV[i]          id of the i-th timer (i from 1)
+-- ARGV[#ARGV]      events spec (prelude: event_spec)
 --
 -- Stream entry fields: i = timer id, p = payload, d = due ms, a = the items (concatenated
 -- msgpack objects, oldest first; only when the items list exists).
@@ -22,8 +24,9 @@
 --   orphans: index entries without data, removed (counted in stats as repaired_index)
 local now = server_now()
 local fired, orphans = 0, 0
+local events, spec = KEYS[#KEYS], event_spec(ARGV[#ARGV])
 
-for i = 1, #ARGV do
+for i = 1, #ARGV - 1 do
   local id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= now then
@@ -44,9 +47,16 @@ for i = 1, #ARGV do
         redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score)
       end
       -- A retry keeps its attempts and last error; any other firing starts a new record.
-      local state = redis.call('HGET', KEYS[base + 3], 's')
-      if state and state ~= 'retrying' then redis.call('DEL', KEYS[base + 3]) end
+      local state, made = unpack(redis.call('HMGET', KEYS[base + 3], 's', 'a'))
+      if state and state ~= 'retrying' then
+        redis.call('DEL', KEYS[base + 3])
+        made = nil
+      end
       keep_outcome(KEYS[base + 3], {'s', 'queued'}, HOLD)
+      if spec then
+        tell(events, spec, payload_task(payload), 'fired', origin_of(id),
+             (tonumber(made) or 0) + 1, {'d', score})
+      end
       fired = fired + 1
     else
       redis.call('DEL', list)  -- the touches of a cycle whose data was lost

@@ -1,6 +1,7 @@
 -- prelude.lua: code the scripts share, placed after each script's #!lua line (see _scripts.py).
 -- Its names (GRACE, HOLD, server_now, earliest, place, arm, settle, payload_*, keep_outcome,
--- ended) are the scripts' own: they never copy it.
+-- ended, event_spec, wants_events, payload_task, origin_of, tell, tell_missed_start,
+-- follow_up) are the scripts' own: they never copy it.
 --
 -- A shadow key outlives its deadline by GRACE ms (SHADOW_GRACE_MS in _keys.py): a timer
 -- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
@@ -118,4 +119,75 @@ end
 local function ended(record, fields, ttl, channel, id)
   keep_outcome(record, fields, ttl)
   redis.call('SPUBLISH', channel, id)
+end
+
+
+-- Lifecycle events (_events.py): each script that moves a job on appends one to the shard's
+-- events stream (the script's last key) when its spec (the script's last argument) wants
+-- them for the job's task. The spec is '' when events are off for every task, else
+-- "<maxlen>:<1|0: on for tasks by default>:<1|0: debounce touches too>", then ":<bytes>:<name>"
+-- for each task whose setting differs from the default.
+local function event_spec(text)
+  if text == nil or text == '' then return nil end
+  local maxlen, default, touches, at = string.match(text, '^(%d+):([01]):([01])()')
+  local spec = {maxlen = maxlen, default = default == '1', touches = touches == '1', differs = {}}
+  while at <= #text do
+    local len, from = string.match(text, '^:(%d+):()', at)
+    len = tonumber(len)
+    spec.differs[string.sub(text, from, from + len - 1)] = true
+    at = from + len
+  end
+  return spec
+end
+
+local function wants_events(spec, task)
+  return spec ~= nil and spec.default ~= (spec.differs[task] == true)
+end
+
+-- A payload's task name, read off its first bytes ([version, task, ...] as msgpack: a fixarray
+-- header, a positive fixint, then a str), without decoding the rest.
+local function payload_task(payload)
+  local b = string.byte(payload, 3)
+  if not b then return '' end
+  if b >= 0xa0 and b <= 0xbf then return string.sub(payload, 4, 3 + b - 0xa0) end
+  if b == 0xd9 then return string.sub(payload, 5, 4 + string.byte(payload, 4)) end
+  if b == 0xda then
+    return string.sub(payload, 6, 5 + string.byte(payload, 4) * 256 + string.byte(payload, 5))
+  end
+  return ''
+end
+
+-- The id a job was scheduled under: a retry's or re-drive's id cut at its mark
+-- (DERIVED_MARKS in _keys.py).
+local function origin_of(id)
+  local cut = math.min(string.find(id, '#retry-', 1, true) or math.huge,
+                       string.find(id, '#redrive-', 1, true) or math.huge)
+  if cut == math.huge then return id end
+  return string.sub(id, 1, cut - 1)
+end
+
+-- Appends event `kind` of job `id` (its origin id) to `stream` if `spec` wants it for `task`;
+-- `extra` is a flat list of more fields. Returns whether it did.
+local function tell(stream, spec, task, kind, id, attempt, extra)
+  if not wants_events(spec, task) then return false end
+  local fields = {'k', kind, 'i', id, 't', task, 'a', attempt}
+  for _, value in ipairs(extra or {}) do fields[#fields + 1] = value end
+  redis.call('XADD', stream, 'MAXLEN', '~', spec.maxlen, '*', unpack(fields))
+  return true
+end
+
+-- For a script that ends an attempt: its "started" event, if its start was never recorded
+-- (a job ending before its start was sent: started.lua skips it), so that every run is told
+-- as started. `state` and `made` are the outcome record's before the end is written.
+local function tell_missed_start(stream, spec, task, id, attempt, state, made, worker)
+  if state == 'running' and made == tostring(attempt) then return end
+  tell(stream, spec, task, 'started', id, attempt, {'w', worker})
+end
+
+-- Arms a job's callback `id` (worker/_callbacks.py) to fire now, unless it is armed already
+-- (the outcome it follows up was settled before: never twice), with its "scheduled" event.
+local function follow_up(shadow, data, index, id, payload, now, wake, events, spec)
+  if payload_add(data, id, payload) then return end
+  arm(shadow, index, id, now, 1, now, wake)
+  if spec then tell(events, spec, payload_task(payload), 'scheduled', id, 1, {'d', now}) end
 end

@@ -13,6 +13,8 @@
 -- KEYS[8]  items list of the timer id
 -- KEYS[9]  items list of the fallback id
 -- KEYS[10] outcome record of the job
+-- KEYS[11] events stream: "retried" (after "started" if its start was never recorded) if
+--          the job's task wants it told
 -- ARGV[1]  consumer group name
 -- ARGV[2]  ready-stream entry id of the failed delivery
 -- ARGV[3]  timer id
@@ -27,6 +29,8 @@
 -- ARGV[11] the failure's type name, "" when the job is not retried for a failure (it waits
 --          for a periodic task's previous run): the outcome record then stays as it is
 -- ARGV[12] the failure's message
+-- ARGV[13] the job's task
+-- ARGV[14] events spec (prelude: event_spec)
 --
 -- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
 if not settle(KEYS[4], ARGV[1], ARGV[2], ARGV[9]) then return {-1, ''} end
@@ -46,6 +50,14 @@ payload_set(data, id, ARGV[4])
 arm(shadow, KEYS[3], id, due, delay, now, ARGV[6])
 redis.call('HINCRBY', KEYS[5], 'retried', 1)
 if ARGV[11] ~= '' then
+  local spec = event_spec(ARGV[14])
+  if wants_events(spec, ARGV[13]) then
+    local state, made = unpack(redis.call('HMGET', KEYS[10], 's', 'a'))
+    local origin, attempt = origin_of(ARGV[3]), tonumber(ARGV[10])
+    tell_missed_start(KEYS[11], spec, ARGV[13], origin, attempt, state, made, ARGV[9])
+    tell(KEYS[11], spec, ARGV[13], 'retried', origin, attempt,
+         {'e', ARGV[11], 'm', ARGV[12], 'd', due})
+  end
   keep_outcome(KEYS[10], {'s', 'retrying', 'a', ARGV[10], 'e', ARGV[11], 'm', ARGV[12]}, HOLD)
 end
 return {due, id}

@@ -15,6 +15,8 @@
 --          items list        "all" only: one msgpack item per touch, newest last
 --          payload bucket of the retired cycle (see below)
 --          items list of the retired cycle
+-- KEYS[#KEYS] events stream: "scheduled" for each touch that starts a cycle (and, if the
+--          spec asks for touches, "rescheduled" for each that moves one), if its task wants it
 -- ARGV[1]  wake channel
 -- ARGV[8i-6 .. 8i+1] for touch i = 1..n:
 --          timer id
@@ -25,6 +27,7 @@
 --          max wait, ms (0: none)
 --          item for this touch ("all"; "" otherwise)
 --          id for the retired cycle: unique per touch, starting with "~c:"
+-- ARGV[#ARGV] events spec (prelude: event_spec)
 --
 -- A cycle whose deadline has passed is complete even if no worker fired it yet (workers down
 -- or busy, the server frozen): the quiet period the debounce waits for did elapse. A touch then
@@ -62,7 +65,8 @@ local function pending_cycle(id, data, items, retired_data, retired_items, retir
 end
 
 local reply = {now}
-for i = 1, (#KEYS - 3) / 5 do
+local events, spec = KEYS[#KEYS], event_spec(ARGV[#ARGV])
+for i = 1, (#KEYS - 4) / 5 do
   local k, a = 5 * i - 1, 8 * i - 6
   local shadow, data, items = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local id, mode = ARGV[a], ARGV[a + 3]
@@ -98,6 +102,10 @@ for i = 1, (#KEYS - 3) / 5 do
   place(shadow, index, id, due, window, now)
   if any_paused then redis.call('HDEL', paused, id) end
   if due < head_due then nudge = math.min(nudge, due) end
+  if spec and (not pending or spec.touches) then
+    tell(events, spec, payload_task(ARGV[a + 1]), pending and 'rescheduled' or 'scheduled', id,
+         1, {'d', due})
+  end
   reply[#reply + 1] = pending and 0 or 1
   reply[#reply + 1] = due
   reply[#reply + 1] = kept

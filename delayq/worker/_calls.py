@@ -10,10 +10,11 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from delayq._calls import Batch, Call, Flow, command, script, server_time, text
+from delayq._events import OFF, EventSettings
 from delayq._hooks import Delivery
-from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys, origin_id
-from delayq._outcomes import Failure, Ran
+from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys
 from delayq._watch import WatchTarget, is_watch_id
+from delayq.worker._ending import OutcomeCalls
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,22 +23,6 @@ class FireResult:
     fired: int
     next_due_ms: int | None
     orphans: int
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """A delivery to acknowledge, with the run its outcome record keeps (keep_ms 0: none)."""
-
-    delivery: Delivery
-    ran: Ran
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterBound:
-    """How large the dead-letter stream may grow: entries, and bytes (approximately)."""
-
-    maxlen: int
-    max_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,21 +116,18 @@ def _due(reply: list[Any]) -> Due:
     return Due(int(reply[0]), None if first < 0 else first, [i.decode() for i in reply[2:]])
 
 
-def _rearmed_due(reply: list[Any]) -> int | None:
-    return None if int(reply[0]) < 0 else int(reply[0])
-
-
 def _lost_group(exc: ResponseError) -> bool:
     """The stream or its group vanished (FLUSHDB, an old snapshot): the group is made again."""
     return "NOGROUP" in str(exc) or "no such key" in str(exc)
 
 
-class WorkerCalls:
+class WorkerCalls(OutcomeCalls):
     """The calls of one worker (``consumer``) on one namespace; no I/O."""
 
-    def __init__(self, keys: Keys, consumer: str) -> None:
+    def __init__(self, keys: Keys, consumer: str, events: EventSettings = OFF) -> None:
         self.keys = keys
         self.consumer = consumer
+        self.events = events  # which jobs' steps are told on the events stream
 
     def server_time_ms(self) -> Call[int]:
         return server_time()
@@ -166,13 +148,8 @@ class WorkerCalls:
         for timer_id in ids:
             keys += (k.shadow(timer_id), k.data(timer_id), k.items(timer_id),
                      k.outcome(timer_id))  # fmt: skip
-        return script("fire", keys, ids, decode=_fire_result)
-
-    def cancel(self, timer_id: str) -> Call[bool]:
-        k = self.keys
-        keys = [k.shadow(timer_id), k.data(timer_id), k.items(timer_id), k.index, k.paused,
-                k.first_touch]  # fmt: skip
-        return script("cancel", keys, [timer_id], decode=bool)
+        return script("fire", [*keys, k.events], [*ids, self.events.spec()],
+                      decode=_fire_result)  # fmt: skip
 
     def is_pending(self, timer_id: str) -> Call[bool]:
         return command("ZSCORE", self.keys.index, timer_id, decode=lambda s: s is not None)
@@ -383,60 +360,6 @@ class WorkerCalls:
                     decode=lambda r: int(r[0]["times_delivered"]) if r else 0)
             for entry in entry_ids
         ])  # fmt: skip
-
-    def ack(self, done: list[Done]) -> Call[int]:
-        """Settle deliveries; those that ran a job record its success (``Done.ran``)."""
-        k = self.keys
-        keys = [k.ready, *(k.outcome(x.delivery.timer_id) for x in done)]
-        args: list[Any] = [GROUP, k.outcomes, self.consumer]
-        for x in done:
-            ran = x.ran
-            args += (x.delivery.entry_id, origin_id(x.delivery.timer_id),
-                     b"" if ran.result is None else b"=" + ran.result, ran.keep_ms,
-                     ran.attempts, ran.started_ms)  # fmt: skip
-        return script("ack", keys, args, decode=int)
-
-    def started(self, runs: list[tuple[Delivery, Ran]]) -> Call[int]:
-        """started.lua: these jobs started (their records say running, unless ended)."""
-        keys = [self.keys.outcome(d.timer_id) for d, _ in runs]
-        args: list[Any] = [self.consumer]
-        for _, ran in runs:
-            args += (ran.started_ms, ran.attempts)
-        return script("started", keys, args, decode=int)
-
-    def retry(
-        self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None,
-        failure: Failure | None = None,
-    ) -> Call[int | None]:  # fmt: skip
-        """Re-arm a failed job (under ``timer_id`` if given, else its own id); None if this
-        delivery no longer held its entry. ``failure``: why (None: it waits, not failed)."""
-        k = self.keys
-        tid = timer_id or d.timer_id
-        fallback = k.retry_id(tid, d.entry_id)
-        keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
-                k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback),
-                k.outcome(d.timer_id)]  # fmt: skip
-        args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
-                           k.wake_channel, fallback, d.items or b"", self.consumer,
-                           failure.attempts if failure else 0,
-                           failure.type_name if failure else "",
-                           failure.message if failure else ""]  # fmt: skip
-        return script("retry", keys, args, decode=_rearmed_due)
-
-    def bury(
-        self, d: Delivery, *, task: str, reason: str, traceback: str, bound: DeadLetterBound,
-        failure: Failure, payload: bytes | None = None,
-    ) -> Call[str | None]:  # fmt: skip
-        """Move a delivery to the dead letters (with ``payload`` instead of its own, if given);
-        its job's outcome record says failed, with ``failure``."""
-        k = self.keys
-        keys = [k.ready, k.dead, k.stats, k.outcome(d.timer_id)]
-        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw if payload is None else payload,
-                           task, reason, traceback, bound.maxlen, d.items or b"", self.consumer,
-                           bound.max_bytes, k.outcomes, failure.keep_ms, failure.attempts,
-                           failure.started_ms or "", failure.type_name,
-                           origin_id(d.timer_id), failure.message]  # fmt: skip
-        return script("bury", keys, args, decode=lambda entry: text(entry) if entry else None)
 
     def handback(self, d: Delivery) -> Call[bool]:
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms, d.items or b"",

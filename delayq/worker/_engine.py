@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import time
 
+from delayq._events import OFF, EventSettings
 from delayq._hooks import Delivery
 from delayq._keys import Keys
 from delayq._runners import AsyncRunner
 from delayq.worker._calls import (
-    DeadLetterBound,
-    Done,
     Due,
     FireResult,
     PeriodicState,
     WatchOp,
     WorkerCalls,
 )
+from delayq.worker._ending import DeadLetterBound, Done
 
 __all__ = ["DeadLetterBound", "Delivery", "Done", "Due", "Engine", "FireResult",
            "PeriodicState", "WatchOp", "monotonic_ms"]  # fmt: skip
@@ -24,8 +24,10 @@ __all__ = ["DeadLetterBound", "Delivery", "Done", "Due", "Engine", "FireResult",
 class Engine(WorkerCalls):
     """A worker's calls, and ``run`` to send one: ``await engine.run(engine.fire(ids))``."""
 
-    def __init__(self, io: AsyncRunner, keys: Keys, consumer: str) -> None:
-        super().__init__(keys, consumer)
+    def __init__(
+        self, io: AsyncRunner, keys: Keys, consumer: str, events: EventSettings = OFF
+    ) -> None:
+        super().__init__(keys, consumer, events)
         self.io = io
         self.run = io.run
 

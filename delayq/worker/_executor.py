@@ -19,16 +19,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from delayq._calls import Batch
+from delayq._calls import Batch, Call
 from delayq._codec import Payload, decode_payload, encode_result, reencode
 from delayq._context import JobContext, bind_job, unbind_job
 from delayq._errors import JobTimeout, PayloadError
 from delayq._hooks import Delivery, RunGates
 from delayq._outcomes import DEFAULT_RESULT_TTL, Failure, Ran, keep_ms
 from delayq._task import Task
+from delayq.worker._callbacks import Then, on_failure, on_success
 from delayq.worker._engine import DeadLetterBound, Done, Engine
 from delayq.worker._lanes import Lanes
 from delayq.worker._loops import wait_any
+from delayq.worker._progress import ProgressBox
 from delayq.worker._settings import WorkerSettings
 
 log = logging.getLogger("delayq.worker")
@@ -122,7 +124,8 @@ class Executor:
         # entries any moment, which the heartbeat must not mistake for a takeover.
         self.settled: set[str] = set()
         self.ack_ready = asyncio.Event()
-        self.start_ready = asyncio.Event()
+        self.start_ready = asyncio.Event()  # starts or progress to send (after RUNNING_AFTER_S)
+        self.told = ProgressBox(self.start_ready)
         self.counters = Counters()
         self.abandoned_threads = 0
 
@@ -233,12 +236,13 @@ class Executor:
             return
         task = self.find_task(payload.task)
         if task is None:
-            await self._bury(d, payload.task, f"unknown task {payload.task!r}", "")
+            await self._bury(d, payload.task, f"unknown task {payload.task!r}", "",
+                             decoded=payload)  # fmt: skip
             return
         try:
             args = task.job_args(payload, d, self.max_payload_bytes)
         except PayloadError as exc:
-            await self._bury(d, task.name, str(exc), "")
+            await self._bury(d, task.name, str(exc), "", decoded=payload)
             return
         gate = task.run_gate(self.gates) if self.gates is not None else None
         if gate is None:
@@ -261,11 +265,13 @@ class Executor:
     async def _run(
         self, d: Delivery, task: Task[Any, Any], payload: Payload, args: tuple[Any, ...]
     ) -> None:
-        started = Ran(int(time.time() * 1000), payload.attempt + 1)
+        started = Ran(int(time.time() * 1000), payload.attempt + 1, task=task.name)
         self.to_start.append((d, started))
         self.start_ready.set()
         try:
-            value = await self._call(task, args, payload.kwargs, _job_context(d, task, payload))
+            job = _job_context(d, task, payload,
+                               self.told.reporter(d, started.attempts, task.name))  # fmt: skip
+            value = await self._call(task, args, payload.kwargs, job)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # SystemExit from a handler is its failure, not ours
@@ -275,7 +281,8 @@ class Executor:
         if forget is not None:
             await self.engine.run(self.engine.forget(*forget))
         self.counters.executed += 1
-        self._queue_ack(d, self._succeeded(d, task, started, value))
+        then = on_success(d, payload, value, started.attempts, self.max_payload_bytes)
+        self._queue_ack(d, self._succeeded(d, task, started, value), then)
 
     def _keep_ms(self, task: Task[Any, Any] | None) -> int:
         own = task.options.result_ttl if task is not None else None
@@ -290,11 +297,11 @@ class Executor:
             except PayloadError as exc:
                 log.warning("job %s (%s): its result is not kept: %s", d.timer_id, task.name,
                             exc)  # fmt: skip
-        return Ran(started.started_ms, started.attempts, keep, result)
+        return Ran(started.started_ms, started.attempts, keep, result, task.name)
 
-    def _queue_ack(self, d: Delivery, ran: Ran) -> None:
+    def _queue_ack(self, d: Delivery, ran: Ran, then: Then | None = None) -> None:
         self.settled.add(d.entry_id)
-        self.to_ack.append(Done(d, ran))
+        self.to_ack.append(Done(d, ran, then))
         self.ack_ready.set()
 
     async def _call(
@@ -352,7 +359,7 @@ class Executor:
             self.counters.retried += 1
             self.settled.add(d.entry_id)
             await self.engine.run(self.engine.retry(d, again, delay, timer_id=retry_id,
-                                                    failure=failure))  # fmt: skip
+                                                    failure=failure, task=task.name))  # fmt: skip
             return
         tb = "".join(traceback.format_exception(exc))
         why = "not retried" if payload.attempt < policy.retries else "retries exhausted"
@@ -362,20 +369,27 @@ class Executor:
         if kept is not None:
             with contextlib.suppress(PayloadError):
                 buried = reencode(kept, attempt=kept.attempt, max_bytes=self.max_payload_bytes)
-        await self._bury(d, task.name, reason, tb, payload=buried, failure=failure)
+        await self._bury(d, task.name, reason, tb, payload=buried, failure=failure,
+                         decoded=payload)  # fmt: skip
 
     async def _bury(
         self, d: Delivery, task: str, reason: str, tb: str, *, payload: bytes | None = None,
-        failure: Failure | None = None,
+        failure: Failure | None = None, decoded: Payload | None = None,
     ) -> None:  # fmt: skip
         log.error("job %s moved to dead letters: %s", d.timer_id, reason)
         self.settled.add(d.entry_id)
         self.counters.dead += 1
         if failure is None:  # no handler ran: the reason is the error
             failure = Failure("", reason, 0, keep_ms=self._keep_ms(self.find_task(task)))
+        if decoded is None:  # a job that never ran (killed its workers): its callback still runs
+            with contextlib.suppress(PayloadError):
+                decoded = decode_payload(d.raw, max_bytes=self.max_payload_bytes)
+        then = on_failure(d, decoded, attempts=failure.attempts,
+                          error_type=failure.type_name, error=failure.message, traceback=tb,
+                          max_bytes=self.max_payload_bytes)  # fmt: skip
         bury = self.engine.bury(d, task=task, reason=reason, traceback=tb,
-                                bound=self.dead_letters, failure=failure,
-                                payload=payload)  # fmt: skip
+                                bound=self.dead_letters, failure=failure, payload=payload,
+                                then=then)  # fmt: skip
         await self.engine.run(bury)
 
     async def _hand_back(self, d: Delivery) -> None:
@@ -387,17 +401,23 @@ class Executor:
 
     async def flush_acks(self) -> None:
         # A job that ended before its start went out needs no start: its end tells it. The
-        # others' starts go before any end, in the same round trip as the first acks.
+        # others' starts, then their progress, go before any end, in the same round trip as
+        # the first acks.
         starts = [(d, ran) for d, ran in self.to_start if d.entry_id not in self.settled]
         self.to_start = []
-        while starts:
+        told = self.told.take(self.settled)
+        while starts or told:
             part, starts = starts[:ACK_CHUNK], starts[ACK_CHUNK:]
+            some, told = told[:ACK_CHUNK], told[ACK_CHUNK:]
             batch, self.to_ack = self.to_ack[:ACK_CHUNK], self.to_ack[ACK_CHUNK:]
-            calls = [self.engine.started(part), *([self.engine.ack(batch)] if batch else [])]
+            calls: list[Call[Any]] = [self.engine.started(part)] if part else []
+            calls += [self.engine.progress(some)] if some else []
+            calls += [self.engine.ack(batch)] if batch else []
             try:
                 await self.engine.run(Batch(calls))
             except Exception:
                 self.to_start[:0] = part + starts  # kept; started.lua never undoes an end
+                self.told.put_back(some + told)
                 self.to_ack[:0] = batch
                 raise
         while self.to_ack:
@@ -463,7 +483,9 @@ class Executor:
         return self.lanes.shutdown()
 
 
-def _job_context(d: Delivery, task: Task[Any, Any], payload: Payload) -> JobContext:
+def _job_context(
+    d: Delivery, task: Task[Any, Any], payload: Payload, report: Callable[[float, str | None], None]
+) -> JobContext:
     return JobContext(
         timer_id=d.timer_id,
         task=task.name,
@@ -471,4 +493,5 @@ def _job_context(d: Delivery, task: Task[Any, Any], payload: Payload) -> JobCont
         delivery_id=d.entry_id,
         due_ms=d.due_ms,
         fired_ms=d.fired_ms,
+        report=report,
     )

@@ -134,7 +134,7 @@ class Worker:
         ctx = Context(app, settings, io, listen, layout, flags,
                       Capacity(settings.concurrency, readers=layout.count), stopping,
                       self.find_task)  # fmt: skip
-        engines = [Engine(io, keys, self.name) for keys in layout.shards]
+        engines = [Engine(io, keys, self.name, app.event_settings) for keys in layout.shards]
         watching = self._watching = Watching(
             app, engines[0], listen, db=io.db, batch=settings.fire_batch,
             lease_s=settings.watch_lease, stopping=stopping,

@@ -28,6 +28,7 @@ class Tasks:
     debounced: Debounced[[str, int], None]
     periodic: Periodic[[], None]
     hang: Task[[str], None]
+    then: Task[[dict[str, object]], None]
 
 
 def declare(app: Delayq) -> Tasks:
@@ -53,7 +54,12 @@ def declare(app: Delayq) -> Tasks:
         """Never returns: its timeout fails it; it is retried once, then dead-lettered."""
         time.sleep(3600)
 
-    return Tasks(delayed, debounced, periodic, hang)
+    @app.task(name="chaos.then", retries=5, retry_backoff=0.2)
+    def then(outcome: dict[str, object]) -> None:
+        """Every delayed timer's on_success callback: one firing per timer, whatever happens."""
+        record("then", str(outcome["timer_id"]))
+
+    return Tasks(delayed, debounced, periodic, hang, then)
 
 
 def record(kind: str, tag: str, extra: str = "") -> None:

@@ -1,0 +1,118 @@
+"""The calls that end or move on a job's attempt: acknowledge, start, progress, retry, bury.
+
+Each writes the job's outcome record, and its lifecycle event when the job's task tells them,
+in the same script as the change itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from delayq._calls import Call, script, text
+from delayq._events import EventSettings
+from delayq._hooks import Delivery
+from delayq._keys import GROUP, Keys, origin_id
+from delayq._outcomes import Failure, Ran
+from delayq.worker._callbacks import Then
+from delayq.worker._progress import Told
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A delivery to acknowledge, with the run its outcome record keeps (keep_ms 0: none)."""
+
+    delivery: Delivery
+    ran: Ran
+    then: Then | None = None  # its on_success callback
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterBound:
+    """How large the dead-letter stream may grow: entries, and bytes (approximately)."""
+
+    maxlen: int
+    max_bytes: int
+
+
+def _rearmed_due(reply: list[Any]) -> int | None:
+    due = int(reply[0])
+    return None if due < 0 else due
+
+
+class OutcomeCalls:
+    keys: Keys
+    consumer: str
+    events: EventSettings
+
+    def ack(self, done: list[Done]) -> Call[int]:
+        """Settle deliveries; those that ran a job record its success (``Done.ran``)."""
+        k = self.keys
+        keys: list[Any] = [k.ready, k.index]
+        args: list[Any] = [GROUP, k.outcomes, self.consumer, k.wake_channel]
+        for x in done:
+            ran, then = x.ran, x.then
+            keys.append(k.outcome(x.delivery.timer_id))
+            if then is not None:
+                keys += (k.shadow(then.timer_id), k.data(then.timer_id))
+            args += (x.delivery.entry_id, origin_id(x.delivery.timer_id),
+                     b"" if ran.result is None else b"=" + ran.result, ran.keep_ms,
+                     ran.attempts, ran.started_ms, ran.task,
+                     *((then.timer_id, then.payload) if then else ("", "")))  # fmt: skip
+        return script("ack", [*keys, k.events], [*args, self.events.spec()], decode=int)
+
+    def started(self, runs: list[tuple[Delivery, Ran]]) -> Call[int]:
+        """started.lua: these jobs started (their records say running, unless ended)."""
+        keys = [*(self.keys.outcome(d.timer_id) for d, _ in runs), self.keys.events]
+        args: list[Any] = [self.consumer]
+        for d, ran in runs:
+            args += (ran.started_ms, ran.attempts, ran.task, origin_id(d.timer_id))
+        return script("started", keys, [*args, self.events.spec()], decode=int)
+
+    def progress(self, told: list[Told]) -> Call[int]:
+        """progress.lua: how far these running jobs are, told to their waiters."""
+        keys = [*(self.keys.outcome(t.delivery.timer_id) for t in told), self.keys.events]
+        args: list[Any] = [self.keys.outcomes]
+        for t in told:
+            args += (origin_id(t.delivery.timer_id), t.attempt, repr(t.fraction), t.message or "",
+                     t.task)  # fmt: skip
+        return script("progress", keys, [*args, self.events.spec()], decode=int)
+
+    def retry(
+        self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None,
+        failure: Failure | None = None, task: str = "",
+    ) -> Call[int | None]:  # fmt: skip
+        """Re-arm a failed job (under ``timer_id`` if given, else its own id); None if this
+        delivery no longer held its entry. ``failure``: why (None: it waits, not failed)."""
+        k = self.keys
+        tid = timer_id or d.timer_id
+        fallback = k.retry_id(tid, d.entry_id)
+        keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
+                k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback),
+                k.outcome(d.timer_id), k.events]  # fmt: skip
+        args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
+                           k.wake_channel, fallback, d.items or b"", self.consumer,
+                           failure.attempts if failure else 0,
+                           failure.type_name if failure else "",
+                           failure.message if failure else "", task,
+                           self.events.spec()]  # fmt: skip
+        return script("retry", keys, args, decode=_rearmed_due)
+
+    def bury(
+        self, d: Delivery, *, task: str, reason: str, traceback: str, bound: DeadLetterBound,
+        failure: Failure, payload: bytes | None = None, then: Then | None = None,
+    ) -> Call[str | None]:  # fmt: skip
+        """Move a delivery to the dead letters (with ``payload`` instead of its own, if given);
+        its job's outcome record says failed, with ``failure``."""
+        k = self.keys
+        keys = [k.ready, k.dead, k.stats, k.outcome(d.timer_id), k.events, k.index]
+        if then is not None:
+            keys += (k.shadow(then.timer_id), k.data(then.timer_id))
+        args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw if payload is None else payload,
+                           task, reason, traceback, bound.maxlen, d.items or b"", self.consumer,
+                           bound.max_bytes, k.outcomes, failure.keep_ms, failure.attempts,
+                           failure.started_ms or "", failure.type_name,
+                           origin_id(d.timer_id), failure.message,
+                           self.events.spec(), k.wake_channel,
+                           *((then.timer_id, then.payload) if then else ("", ""))]  # fmt: skip
+        return script("bury", keys, args, decode=lambda entry: text(entry) if entry else None)
