@@ -56,6 +56,17 @@ def drain(app: Delayq, client: redis.Redis, worker: object, task: object, jobs: 
     return jobs / (drained - due_s)
 
 
+def best_of_two(app: Delayq, client: redis.Redis, worker: object, first: object,
+                second: object, jobs: int) -> tuple[float, float]:  # fmt: skip
+    """Jobs/s of two tasks, alternated, best of two each: a run's warm-up or a neighbour's
+    noise falls on both sides alike."""
+    a = b = 0.0
+    for _ in range(2):
+        a = max(a, drain(app, client, worker, first, jobs))
+        b = max(b, drain(app, client, worker, second, jobs))
+    return a, b
+
+
 def measure(url: str, workdir: Path, jobs: int, waits: int) -> Iterator[Row]:
     client = redis.Redis.from_url(url)
     print(describe_host(client), flush=True)
@@ -71,22 +82,14 @@ def measure(url: str, workdir: Path, jobs: int, waits: int) -> Iterator[Row]:
         yield Row("  mean", f"{statistics.fmean(late):.2f} ms")
         for mode, kept, unkept in (("async", tasks.noop, tasks.noop_unkept),
                                    ("sync", tasks.noop_sync, tasks.noop_sync_unkept)):  # fmt: skip
-            # Alternated, best of two each: a run's warm-up or a neighbour's noise falls on
-            # both sides alike.
-            without = with_results = 0.0
-            for _ in range(2):
-                without = max(without, drain(app, client, worker, unkept, jobs))
-                with_results = max(with_results, drain(app, client, worker, kept, jobs))
+            without, with_results = best_of_two(app, client, worker, unkept, kept, jobs)
             cost = 1 - with_results / without
             yield Row(f"no-op jobs/s, {mode}, result_ttl=0 ({jobs:,})", f"{without:,.0f} /s")
             yield Row("  default result_ttl (kept)", f"{with_results:,.0f} /s ({cost:+.0%} cost)",
                       "< 15 % cost", cost < 0.15)  # fmt: skip
         for mode, quiet, told in (("async", tasks.noop, tasks.noop_events),
                                   ("sync", tasks.noop_sync, tasks.noop_sync_events)):  # fmt: skip
-            off = on = 0.0
-            for _ in range(2):
-                off = max(off, drain(app, client, worker, quiet, jobs))
-                on = max(on, drain(app, client, worker, told, jobs))
+            off, on = best_of_two(app, client, worker, quiet, told, jobs)
             yield Row(f"no-op jobs/s, {mode}, events off (default)", f"{off:,.0f} /s")
             yield Row("  events=True (4 events a job)", f"{on:,.0f} /s ({1 - on / off:+.0%} cost)")
     app.close()
