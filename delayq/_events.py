@@ -57,13 +57,15 @@ class EventSettings:
         self.maxlen = maxlen
         self.touches = touches
         self._tasks = tasks
-        self._spec: tuple[frozenset[tuple[str, bool]], str] | None = None
+        self._spec: tuple[int, str] | None = None  # (tasks counted, the spec)
 
     def spec(self) -> str:
-        """The scripts' spec (prelude.lua: event_spec): '' when no task tells events."""
-        own = frozenset((t.name, t.options.events) for t in self._tasks()
-                        if t.options.events is not None)  # fmt: skip
-        if self._spec is None or self._spec[0] != own:
+        """The scripts' spec (prelude.lua: event_spec): '' when no task tells events. Built
+        again only when a task was declared since (a name is declared once, its options never
+        change), not on every call: fire and ack calls ask for it."""
+        tasks = list(self._tasks())
+        if self._spec is None or self._spec[0] != len(tasks):
+            own = [(t.name, t.options.events) for t in tasks if t.options.events is not None]
             differs = sorted(name for name, on in own if on != self.on)
             if not self.on and not differs:
                 text = ""
@@ -71,7 +73,7 @@ class EventSettings:
                 text = f"{self.maxlen}:{int(self.on)}:{int(self.touches)}" + "".join(
                     f":{len(n.encode())}:{n}" for n in differs
                 )
-            self._spec = (own, text)
+            self._spec = (len(tasks), text)
         return self._spec[1]
 
 
