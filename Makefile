@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover bench-replicas bench-results bench-waiters clean
+.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover bench-replicas bench-results bench-waiters bench-limits clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,9 @@ bench-results: $(STAMP)
 # Memory of one process awaiting 100,000 outcomes in batches, then 10,000 waiters at once.
 bench-waiters: $(STAMP)
 	$(BIN)/python benchmarks/bench_waiters.py
+
+bench-limits: $(STAMP)
+	$(BIN)/python benchmarks/bench_limits.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

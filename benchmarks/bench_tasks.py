@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from delayq import Delayq, Task
+from delayq import Delayq, Task, current_job
 from delayq.testing import BatchPusher
 
 # The worker's app; the CLI's --url/--namespace override these before it connects.
@@ -51,6 +51,24 @@ async def record(due_ms: int) -> None:
     _reporter.add(f"{time.time() * 1000 - due_ms:.3f}")
 
 
+async def paced() -> None:
+    """A rate-limited job: how late it started past the moment its token allowed (ms)."""
+    job = current_job()
+    if job is not None:
+        _reporter.add(f"{time.time() * 1000 - job.due_ms:.3f}")
+
+
+_serial_end = [0.0]  # concurrency=1 and one worker: the runs follow one another here
+
+
+async def serial() -> None:
+    """A job of a task limited to one run at a time: the gap since the previous run ended
+    (its slot's release) to this start (ms)."""
+    if _serial_end[0]:
+        _reporter.add(f"{(time.time() - _serial_end[0]) * 1000:.3f}")
+    _serial_end[0] = time.time()
+
+
 async def ping() -> None:
     """Tells the benchmark the worker is up and runs jobs end to end."""
     await _reporter.rpush(ping_key(app.namespace), "1")
@@ -67,6 +85,13 @@ class BenchTasks:
     stamp: Task[..., Any]
     record: Task[..., Any]
     ping: Task[..., Any]
+    # Limits that never bind (far above what a worker runs): what a limited job costs.
+    noop_concurrency: Task[..., Any]
+    noop_sync_concurrency: Task[..., Any]
+    noop_rate: Task[..., Any]
+    noop_sync_rate: Task[..., Any]
+    paced: Task[..., Any]  # 500/s: throttled jobs, each started at its token's time
+    serial: Task[..., Any]  # concurrency=1: each run waits for the previous one's slot
 
 
 def register(target: Delayq) -> BenchTasks:
@@ -86,6 +111,18 @@ def register(target: Delayq) -> BenchTasks:
         stamp=target.task(name="bench.stamp", retries=0)(stamp),
         record=target.task(name="bench.record", retries=0)(record),
         ping=target.task(name="bench.ping", retries=0)(ping),
+        noop_concurrency=target.task(name="bench.noop_conc", retries=0, concurrency=100_000)(noop),
+        noop_sync_concurrency=target.task(
+            name="bench.noop_sync_conc", retries=0, concurrency=100_000
+        )(noop_sync),
+        noop_rate=target.task(
+            name="bench.noop_rate", retries=0, rate_limit="10000000/s", rate_burst=10_000_000
+        )(noop),
+        noop_sync_rate=target.task(
+            name="bench.noop_sync_rate", retries=0, rate_limit="10000000/s", rate_burst=10_000_000
+        )(noop_sync),
+        paced=target.task(name="bench.paced", retries=0, rate_limit="500/s")(paced),
+        serial=target.task(name="bench.serial", retries=0, concurrency=1)(serial),
     )
 
 

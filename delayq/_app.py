@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from delayq._calls import Call, Flow, command
 from delayq._cluster import async_runner, sync_runner
 from delayq._connection import redact_url, tls_failure
-from delayq._debounce import Debounced, DebounceOptions, KeySpec, PayloadMode
+from delayq._debounce import Debounced, DebounceOptions, PayloadMode
 from delayq._declare import PERIODIC_RETRIES, TaskKwargs, check_result_ttl, declare
 from delayq._errors import ConfigurationError
 from delayq._events import (
@@ -25,6 +25,7 @@ from delayq._events import (
 )
 from delayq._keys import Keys
 from delayq._layout import check_shards
+from delayq._limits import KeySpec
 from delayq._outcomes import DEFAULT_RESULT_TTL
 from delayq._periodic import CatchUp, Overlap, Periodic, PeriodicOptions
 from delayq._producer import Producer

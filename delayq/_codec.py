@@ -411,3 +411,25 @@ def decode_touches(data: bytes, *, max_bytes: int | None = None) -> list[Touch]:
             "stored touches are truncated: the msgpack data ends in the middle of a value"
         )
     return touches
+
+
+def peek_task(data: bytes) -> str | None:
+    """A payload's task name read off its first bytes (a fixarray header, the version, then
+    the name), without decoding the rest; None if they are not what ``encode_payload`` writes.
+    The worker uses it to pick out the jobs of limited tasks cheaply (prelude.lua reads it the
+    same way)."""
+    if len(data) < 3 or not 0x90 <= data[0] <= 0x9F or data[1] != FORMAT_VERSION:
+        return None
+    head = data[2]
+    if 0xA0 <= head <= 0xBF:
+        start, size = 3, head - 0xA0
+    elif head == 0xD9 and len(data) > 3:
+        start, size = 4, data[3]
+    elif head == 0xDA and len(data) > 4:
+        start, size = 5, int.from_bytes(data[3:5], "big")
+    else:
+        return None
+    try:
+        return bytes(data[start : start + size]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from delayq._codec import decode_touches, encode_payload, encode_touch
-from delayq._errors import ConfigurationError, InvalidTimerId, PayloadError, ScheduleError
+from delayq._errors import ConfigurationError, InvalidTimerId, PayloadError
 from delayq._keys import check_user_timer_id as check_timer_id
+from delayq._limits import KeySpec, format_key
 from delayq._store import TouchRequest
 from delayq._task import Task, TaskOptions
 from delayq._timer import Timer
@@ -25,7 +25,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 PayloadMode = Literal["last", "first", "all"]
-KeySpec = str | Callable[..., str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,27 +86,15 @@ class Debounced(Task[P, R]):
                     f"id: {exc}"
                 ) from None
         self.debounce = debounce
-        self._signature = inspect.signature(fn)
 
     def key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The timer id that a touch with these arguments re-arms."""
         spec = self.debounce.key
         if spec is None:
             return check_timer_id(self.name)
-        if callable(spec):
-            return check_timer_id(str(spec(*args, **kwargs)))
-        named = dict(kwargs)
-        if self.debounce.payload != "all":
-            try:
-                bound = self._signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise ScheduleError(f"touch of {self.name!r}: {exc}") from None
-            bound.apply_defaults()
-            named = dict(bound.arguments)
-        try:
-            return check_timer_id(spec.format(*args, **named))
-        except (KeyError, IndexError) as exc:
-            raise ScheduleError(f"key {spec!r} needs the argument {exc}") from None
+        signature = self._signature if self.debounce.payload != "all" else None
+        return check_timer_id(format_key(spec, signature, args, kwargs,
+                                         what=f"touch of {self.name!r}"))  # fmt: skip
 
     def prepare_touch(self, *args: Any, **kwargs: Any) -> TouchRequest:
         """Validate and serialize a touch without storing it (for ``Delayq.touch_many``)."""

@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 
 from delayq._errors import ConfigurationError, ScheduleError
 from delayq._events import check_events
+from delayq._limits import KeySpec, Limits
 from delayq._task import RetryPolicy, TaskOptions, default_task_name
 from delayq._when import Delay, delay_seconds
 
@@ -28,6 +29,11 @@ class TaskKwargs(TypedDict, total=False):
     timeout: Delay | None
     result_ttl: Delay | None
     events: bool | None
+    concurrency: int | None
+    concurrency_key: KeySpec
+    rate_limit: str | None
+    rate_key: KeySpec
+    rate_burst: int | None
 
 
 _RETRY_FIELDS = ("retries", "retry_backoff", "retry_backoff_max", "retry_for")
@@ -47,13 +53,13 @@ class Declaration:
     timeout: float | None
     result_ttl: float | None = None
     events: bool | None = None
+    limits: Limits | None = None
 
     def options_for(self, func: Callable[..., Any]) -> TaskOptions:
         # An explicit name is checked as given (TaskOptions refuses "", non-str, over-long).
         name = default_task_name(func) if self.name is None else self.name
-        return TaskOptions(
-            name, self.retry, self.default_delay, self.timeout, self.result_ttl, self.events
-        )
+        return TaskOptions(name, self.retry, self.default_delay, self.timeout, self.result_ttl,
+                           self.events, self.limits)  # fmt: skip
 
 
 def declare(
@@ -76,7 +82,15 @@ def declare(
         raise ConfigurationError("timeout must be positive")
     return Declaration(options.get("name"), _retry_policy(options, retries), default_delay, limit,
                        check_result_ttl(options.get("result_ttl")),
-                       check_events(options.get("events")))  # fmt: skip
+                       check_events(options.get("events")), _limits(options))  # fmt: skip
+
+
+def _limits(options: TaskKwargs) -> Limits | None:
+    return Limits.build(
+        concurrency=options.get("concurrency"), concurrency_key=options.get("concurrency_key"),
+        rate_limit=options.get("rate_limit"), rate_key=options.get("rate_key"),
+        rate_burst=options.get("rate_burst"),
+    )  # fmt: skip
 
 
 def check_result_ttl(value: Delay | None) -> float | None:

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from delayq._task import Task
 
 # The kinds, in the order of a job's life (docs/outcomes.md, "Events").
-EVENT_KINDS = ("scheduled", "rescheduled", "cancelled", "fired", "started", "progress",
-               "succeeded", "retried", "failed")  # fmt: skip
+EVENT_KINDS = ("scheduled", "rescheduled", "cancelled", "fired", "throttled", "started",
+               "progress", "succeeded", "retried", "failed")  # fmt: skip
 # Enough to follow a busy namespace for a while (a few tens of MB at most), and XADD with an
 # approximate MAXLEN trims in whole stream nodes, cheaply.
 DEFAULT_EVENTS_MAXLEN = 100_000
@@ -87,9 +87,9 @@ class JobEvent:
     ``timer_id`` is the id the job was scheduled under (every attempt's events carry it);
     ``attempt`` counts from 1; ``at_ms`` is the server's clock. ``position``: pass it as
     ``since=`` to read on after this event. The other fields are set for the kinds they
-    belong to (``due_ms`` for scheduled, rescheduled, fired and retried; ``worker`` for
-    started; ``fraction`` and ``message`` for progress; ``error_type`` and ``error`` for
-    retried and failed)."""
+    belong to (``due_ms`` for scheduled, rescheduled, fired, throttled and retried; ``worker``
+    for started; ``fraction`` and ``message`` for progress; ``message`` for throttled: the
+    limit it waits for; ``error_type`` and ``error`` for retried and failed)."""
 
     kind: str  # one of EVENT_KINDS
     timer_id: str

@@ -169,6 +169,27 @@ class Keys:
             return ("GET", self.data_prefix + timer_id)
         return ("HGET", self.data(timer_id), timer_id)
 
+    # Flow control (_limits.py, limits.lua), in the shard each scope's name hashes to.
+    def slots(self, scope: str) -> str:
+        """Sorted set: the concurrency slots of a scope, holder -> lease end ms."""
+        return self.prefix + "cc:" + scope
+
+    def line(self, scope: str) -> str:
+        """Sorted set: the jobs waiting for a slot of a scope, timer id -> place."""
+        return self.prefix + "cl:" + scope
+
+    def rate_tat(self, scope: str) -> str:
+        """A rate scope's theoretical arrival time (GCRA), ms."""
+        return self.prefix + "rt:" + scope
+
+    def rate_reserved(self, scope: str) -> str:
+        """Sorted set: jobs told to come back for their token, timer id -> its time."""
+        return self.prefix + "rr:" + scope
+
+    def woken(self, timer_id: str) -> str:
+        """A throttled job handed a slot before it was re-armed (wake.lua, retry.lua)."""
+        return self.prefix + "wk:" + timer_id
+
     def outcome(self, timer_id: str) -> str:
         return self.outcome_prefix + origin_id(timer_id)
 
@@ -291,7 +312,7 @@ def acl_rules(home: Keys, shards: Sequence[Keys], db: int = 0,
 # notify-keyspace-events; without it the worker checks by experiment (CONFIG SET is optional).
 # CLUSTER SLOTS and ASKING: a cluster's slot map, and a call sent to a slot being moved.
 # WAIT: with wait_replicas. PEXPIRETIME: watched keys read on their own node (a cluster).
-# XREAD, XREVRANGE: reading the events stream.
+# XREAD, XREVRANGE: reading the events stream. ZREMRANGEBYSCORE, ZPOPMIN, ZRANK: limits.
 ACL_COMMANDS = (
     "ping", "time", "hello", "select", "client|setinfo", "client|setname", "config|get",
     "memory|usage", "cluster|slots", "asking",
@@ -299,6 +320,7 @@ ACL_COMMANDS = (
     "get", "set", "del", "exists", "type", "pttl", "pexpire", "pexpiretime", "scan", "incr",
     "zscan", "wait",
     "zadd", "zrem", "zrange", "zrangebyscore", "zscore", "zmscore", "zcard",
+    "zremrangebyscore", "zpopmin", "zrank",
     "hget", "hset", "hdel", "hexists", "hgetall", "hmget", "hlen", "hincrby", "hkeys",
     "rename",
     "sadd", "srem", "smembers", "rpush", "lrange", "ltrim",

@@ -142,6 +142,13 @@ class Layout:
     def shard_of(self, timer_id: str) -> int:
         return shard_of(timer_id, self.count)
 
+    def shard_of_scope(self, scope: str) -> int:
+        """The shard holding a limit's state (_limits: a task name and key), whichever shards
+        its jobs are in."""
+        if len(self.shards) == 1:
+            return 0
+        return zlib.crc32(scope.encode("utf-8", "surrogatepass")) % len(self.shards)
+
     def keys_for(self, timer_id: str) -> Keys:
         return self.shards[self.shard_of(timer_id)]
 

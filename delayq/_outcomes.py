@@ -23,8 +23,8 @@ from delayq._keys import Keys, origin_id
 # One hour, as arq keeps results: long enough to collect one, short enough that a busy
 # namespace does not fill its server with them.
 DEFAULT_RESULT_TTL = 3600.0
-STATES = ("scheduled", "paused", "queued", "running", "retrying", "succeeded", "failed",
-          "cancelled")  # fmt: skip
+STATES = ("scheduled", "paused", "queued", "throttled", "running", "retrying", "succeeded",
+          "failed", "cancelled")  # fmt: skip
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -78,6 +78,8 @@ class Outcome:
     traceback: str | None = None
     raw_result: bytes | None = None
     progress: Progress | None = None  # the latest its job told, if any
+    # state "throttled": the limit it waits for (docs/flow-control.md)
+    reason: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -136,6 +138,7 @@ def decode_outcome(timer_id: str, reply: list[Any]) -> Outcome | None:
         _int(fields.get("t0")), _int(fields.get("t1")), _text(fields.get("w")),
         _text(fields.get("e")) or None, _text(fields.get("m")), _text(fields.get("tb")),
         bytes(raw)[1:] if raw else None, _progress(fields),
+        _text(fields.get("why")) if fields.get("s") == b"throttled" else None,
     )  # fmt: skip
 
 

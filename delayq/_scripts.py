@@ -40,6 +40,8 @@ NAMES = (
     "ensure_group",
     "ack",
     "progress",
+    "limits",
+    "wake",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import inspect
 import random
 import secrets
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar
 from delayq._codec import encode_payload
 from delayq._errors import ConfigurationError
 from delayq._keys import check_task_name, check_user_timer_id
+from delayq._limits import Limits
 from delayq._store import ScheduleRequest
 from delayq._timer import Timer
 from delayq._when import Delay, delay_seconds, resolve_when
@@ -72,6 +74,8 @@ class TaskOptions:
     result_ttl: float | None = None
     # Whether its jobs tell lifecycle events; None: the app's ``events``.
     events: bool | None = None
+    # How many of its runs at once, how many a second (None: no limit).
+    limits: Limits | None = None
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
@@ -124,6 +128,22 @@ class Task(Generic[P, R]):
         """A key to delete once the handler succeeded, if it still holds this value."""
         return None
 
+    def limit_scopes(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str | None, str | None]:
+        """The (concurrency, rate) scopes of a run with these handler arguments (None: no
+        such limit); ScheduleError when a key cannot be made from them."""
+        if self.options.limits is None:
+            return None, None
+        return self.options.limits.scopes(self.name, self._signature, args, kwargs)
+
+    @functools.cached_property
+    def _signature(self) -> inspect.Signature | None:
+        try:
+            return inspect.signature(self.fn)
+        except (TypeError, ValueError):  # a builtin without one: keys use the names given
+            return None
+
     def run_gate(self, gates: RunGates) -> RunGate | None:
         """What decides, before each run, whether it runs (None: it always does)."""
         return None
@@ -159,6 +179,7 @@ class Task(Generic[P, R]):
     ) -> ScheduleRequest:
         """Like ``prepare``, with the call's arguments passed as a tuple and a dict."""
         when = resolve_when(delay, at, self.options.default_delay)
+        self.limit_scopes(args, kwargs)  # a key its worker could not make is refused now
         timer_id = new_timer_id() if timer_id is None else check_user_timer_id(timer_id)
         payload = encode_payload(
             self.name,

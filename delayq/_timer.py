@@ -64,7 +64,8 @@ class Timer:
     @property
     def state(self) -> str:
         """The last known state (``refresh()`` reads it anew): scheduled, paused, queued,
-        running, retrying, succeeded, failed or cancelled."""
+        throttled (waiting for a limit: ``outcome.reason`` says which), running, retrying,
+        succeeded, failed or cancelled."""
         if self.outcome is not None:
             return self.outcome.state
         return "paused" if self.paused else "scheduled"

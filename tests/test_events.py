@@ -54,16 +54,22 @@ def _tasks(app: Delayq) -> Any:
         job.progress(0.5, "half")
         assert told_progress.wait(10)
 
+    @app.task(name="ev.rated", rate_limit="2/s")
+    def rated(value: int) -> int:
+        return value
+
     told_progress = threading.Event()
-    return ok, flaky, bad, steps, told_progress
+    return ok, flaky, bad, steps, rated, told_progress
 
 
 def test_each_job_tells_its_life_in_order(
     server: EmbeddedServer, start_worker: Callable[..., WorkerThread]
 ) -> None:
     app = Delayq(server.url, namespace="e" + uuid.uuid4().hex[:8], events=True)
-    ok, flaky, bad, steps, told_progress = _tasks(app)
+    ok, flaky, bad, steps, rated, told_progress = _tasks(app)
     start_worker(app)
+    leading = rated.delay(4)
+    throttled = rated.schedule(5, delay=0.05)  # within the same half second: it waits
     done = ok.delay(1)
     retried = flaky.delay()
     failed = bad.delay()
@@ -71,7 +77,8 @@ def test_each_job_tells_its_life_in_order(
     moved = ok.schedule(3, delay=60)
     progressed = steps.delay()
     assert cancelled.cancel() and moved.reschedule(delay=0.05)
-    for timer, value in ((done, 1), (retried, "second"), (moved, 3)):
+    for timer, value in ((done, 1), (retried, "second"), (moved, 3), (leading, 4),
+                         (throttled, 5)):  # fmt: skip
         assert timer.result(timeout=20) == value
     wait_until(lambda: progressed.refresh() == "running" and progressed.progress, timeout=10)
     told_progress.set()
@@ -88,6 +95,8 @@ def test_each_job_tells_its_life_in_order(
         cancelled.id: ["scheduled", "cancelled"],
         moved.id: ["scheduled", "rescheduled", *run],
         progressed.id: ["scheduled", "fired", "started", "progress", "succeeded"],
+        leading.id: ["scheduled", *run],
+        throttled.id: ["scheduled", "fired", "throttled", *run],
     }
     assert {e.kind for e in events} == set(EVENT_KINDS)  # every kind, each in its place
     by = {(e.timer_id, e.kind, e.attempt): e for e in events}
@@ -98,6 +107,7 @@ def test_each_job_tells_its_life_in_order(
     assert by[(progressed.id, "progress", 1)].message == "half"
     assert by[(done.id, "started", 1)].worker
     assert by[(moved.id, "rescheduled", 1)].due_ms is not None
+    assert by[(throttled.id, "throttled", 1)].message == "rate 2/s for the task of 'ev.rated'"
     assert all(a.at_ms <= b.at_ms for a, b in itertools.pairwise(events))
     # Filtered by task, and read from a later position.
     assert {e.task for e in app.events(follow=False, tasks=["ev.bad"])} == {"ev.bad"}

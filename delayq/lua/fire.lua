@@ -11,8 +11,9 @@
 -- KEYS[5 + 4i]     shadow key of the i-th timer (i from 0)
 -- KEYS[6 + 4i]     payload bucket of the i-th timer (prelude: payload_*)
 -- KEYS[7 + 4i]     items list of the i-th timer (debounced, payload="all")
--- KEYS[8 + 4i]     outcome record of the i-th timer's job: "queued" from now on (a retry
---                  keeps what its earlier attempts recorded; any other job starts anew)
+-- KEYS[8 + 4i]     outcome record of the i-th timer's job: "queued" from now on (a retry or
+--                  a throttled job keeps what its earlier attempts recorded; any other job
+--                  starts anew)
 -- KEYS[#KEYS]      events stream: a "fired" event for each job its task wants told
 -- ARGV[i]          id of the i-th timer (i from 1)
 -- ARGV[#ARGV]      events spec (prelude: event_spec)
@@ -46,9 +47,10 @@ for i = 1, #ARGV - 1 do
       else
         redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score)
       end
-      -- A retry keeps its attempts and last error; any other firing starts a new record.
+      -- A retry, or a job that waited for a limit, keeps its attempts and last error; any
+      -- other firing starts a new record.
       local state, made = unpack(redis.call('HMGET', KEYS[base + 3], 's', 'a'))
-      if state and state ~= 'retrying' then
+      if state and state ~= 'retrying' and state ~= 'throttled' then
         redis.call('DEL', KEYS[base + 3])
         made = nil
       end

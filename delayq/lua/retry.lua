@@ -31,6 +31,10 @@
 -- ARGV[12] the failure's message
 -- ARGV[13] the job's task
 -- ARGV[14] events spec (prelude: event_spec)
+-- ARGV[15] why the job waits when it is throttled (a concurrency or rate limit: no attempt,
+--          no failure), else ""
+-- KEYS[12] woken mark of the timer id (wake.lua): a throttled job handed a slot before it
+--          was re-armed fires now
 --
 -- Returns {due_ms, id} when re-armed, {-1, ""} when this delivery no longer holds the entry.
 if not settle(KEYS[4], ARGV[1], ARGV[2], ARGV[9]) then return {-1, ''} end
@@ -44,12 +48,19 @@ if ARGV[8] ~= '' then
 end
 local now = server_now()
 local delay = tonumber(ARGV[5])
+local throttled = ARGV[15] ~= ''
+if throttled and redis.call('DEL', KEYS[12]) == 1 then delay = 0 end
 if delay < 1 then delay = 1 end
 local due = now + delay
 payload_set(data, id, ARGV[4])
 arm(shadow, KEYS[3], id, due, delay, now, ARGV[6])
-redis.call('HINCRBY', KEYS[5], 'retried', 1)
-if ARGV[11] ~= '' then
+redis.call('HINCRBY', KEYS[5], throttled and 'throttled' or 'retried', 1)
+if throttled then
+  local spec = event_spec(ARGV[14])
+  tell(KEYS[11], spec, ARGV[13], 'throttled', origin_of(ARGV[3]), tonumber(ARGV[10]),
+       {'pm', ARGV[15], 'd', due})
+  keep_outcome(KEYS[10], {'s', 'throttled', 'why', ARGV[15]}, HOLD)
+elseif ARGV[11] ~= '' then
   local spec = event_spec(ARGV[14])
   if wants_events(spec, ARGV[13]) then
     local state, made = unpack(redis.call('HMGET', KEYS[10], 's', 'a'))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from delayq._calls import Call, script, text
+from delayq._calls import Call, mapped, script, text
 from delayq._events import EventSettings
 from delayq._hooks import Delivery
 from delayq._keys import GROUP, Keys, origin_id
@@ -35,9 +35,9 @@ class DeadLetterBound:
     max_bytes: int
 
 
-def _rearmed_due(reply: list[Any]) -> int | None:
+def _rearmed(reply: list[Any]) -> tuple[int, str] | None:
     due = int(reply[0])
-    return None if due < 0 else due
+    return None if due < 0 else (due, text(reply[1]))
 
 
 class OutcomeCalls:
@@ -84,19 +84,36 @@ class OutcomeCalls:
     ) -> Call[int | None]:  # fmt: skip
         """Re-arm a failed job (under ``timer_id`` if given, else its own id); None if this
         delivery no longer held its entry. ``failure``: why (None: it waits, not failed)."""
+        return mapped(self._rearm(d, payload, delay_s, timer_id=timer_id, failure=failure,
+                                  task=task),
+                      lambda armed: None if armed is None else armed[0])  # fmt: skip
+
+    def throttle(
+        self, d: Delivery, delay_ms: int, *, reason: str, task: str, attempt: int
+    ) -> Call[tuple[int, str] | None]:
+        """Re-arm a job that waits for a limit, as it was (no attempt counted), ``delay_ms``
+        from now (at once if it was handed a slot meanwhile); (due ms, the id it was re-armed
+        under), or None if this delivery no longer held its entry."""
+        return self._rearm(d, d.raw, delay_ms / 1000, task=task, throttled=reason,
+                           attempts=attempt)  # fmt: skip
+
+    def _rearm(
+        self, d: Delivery, payload: bytes, delay_s: float, *, timer_id: str | None = None,
+        failure: Failure | None = None, task: str = "", throttled: str = "", attempts: int = 0,
+    ) -> Call[tuple[int, str] | None]:  # fmt: skip
         k = self.keys
         tid = timer_id or d.timer_id
         fallback = k.retry_id(tid, d.entry_id)
         keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
                 k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback),
-                k.outcome(d.timer_id), k.events]  # fmt: skip
+                k.outcome(d.timer_id), k.events, k.woken(tid)]  # fmt: skip
         args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
                            k.wake_channel, fallback, d.items or b"", self.consumer,
-                           failure.attempts if failure else 0,
+                           failure.attempts if failure else attempts,
                            failure.type_name if failure else "",
                            failure.message if failure else "", task,
-                           self.events.spec()]  # fmt: skip
-        return script("retry", keys, args, decode=_rearmed_due)
+                           self.events.spec(), throttled]  # fmt: skip
+        return script("retry", keys, args, decode=_rearmed)
 
     def bury(
         self, d: Delivery, *, task: str, reason: str, traceback: str, bound: DeadLetterBound,

@@ -9,26 +9,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import functools
 import logging
 import math
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from delayq._calls import Batch, Call
 from delayq._codec import Payload, decode_payload, encode_result, reencode
-from delayq._context import JobContext, bind_job, unbind_job
-from delayq._errors import JobTimeout, PayloadError
+from delayq._context import JobContext
+from delayq._errors import PayloadError
 from delayq._hooks import Delivery, RunGates
 from delayq._outcomes import DEFAULT_RESULT_TTL, Failure, Ran, keep_ms
 from delayq._task import Task
+from delayq.worker._admission import Admission
 from delayq.worker._callbacks import Then, on_failure, on_success
+from delayq.worker._calling import call_handler, job_context
+from delayq.worker._capacity import Capacity, Counters, Running
 from delayq.worker._engine import DeadLetterBound, Done, Engine
-from delayq.worker._lanes import Lanes
+from delayq.worker._limiter import Limiter
 from delayq.worker._loops import wait_any
 from delayq.worker._progress import ProgressBox
 from delayq.worker._settings import WorkerSettings
@@ -49,45 +50,6 @@ JOB_TIME_WEIGHT = 0.2  # of the newest job in the moving average of job duration
 READ_AHEAD_HOLD_S = 1.0
 
 
-@dataclass
-class Counters:
-    executed: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead: int = 0
-    reclaimed: int = 0
-    handed_back: int = 0
-
-
-@dataclass
-class Running:
-    delivery: Delivery
-    job: asyncio.Task[None]
-
-
-class Capacity:
-    """A worker's job slots and handler threads, shared by the executors of its shards
-    (one executor per shard: ``readers``)."""
-
-    def __init__(self, size: int, readers: int = 1) -> None:
-        self.size = size
-        self.readers = readers
-        self.lanes = Lanes(size, "delayq-job")
-        self.executors: list[Executor] = []
-        self.freed = asyncio.Event()
-        self.freed_at = time.monotonic()
-
-    @property
-    def free(self) -> int:
-        return self.size - sum(len(executor.running) for executor in self.executors)
-
-    def slot_freed(self) -> None:
-        self.freed_at = time.monotonic()
-        for executor in self.executors:  # jobs read ahead by any shard may start now
-            executor._start_buffered()
-        self.freed.set()
-
-
 class Executor:
     def __init__(
         self,
@@ -101,6 +63,7 @@ class Executor:
         gates: RunGates | None = None,
         capacity: Capacity | None = None,
         result_ttl: float = DEFAULT_RESULT_TTL,
+        limiter: Limiter | None = None,
     ) -> None:
         self.capacity = capacity or Capacity(settings.concurrency)
         self.capacity.executors.append(self)
@@ -128,6 +91,10 @@ class Executor:
         self.told = ProgressBox(self.start_ready)
         self.counters = Counters()
         self.abandoned_threads = 0
+        self.admission = Admission(
+            engine, limiter, find_task, max_payload_bytes=max_payload_bytes,
+            settled=self.settled, counters=self.counters, bury=self._bury_unkeyed,
+        )  # fmt: skip
 
     @property
     def free_slots(self) -> int:
@@ -138,7 +105,9 @@ class Executor:
         the read-ahead's room."""
         readers = self.capacity.readers
         share = -(-max(0, self.free_slots) // readers)
-        room = self.capacity.size // readers if self.job_seconds <= READ_AHEAD_MAX_JOB_S else 0
+        # Throttled jobs lately: read ahead to screen the ones behind them (_admission).
+        ahead = self.job_seconds <= READ_AHEAD_MAX_JOB_S or self.admission.screening
+        room = self.capacity.size // readers if ahead else 0
         return share + room - len(self.buffered)
 
     # -- intake -------------------------------------------------------------------------------
@@ -154,7 +123,7 @@ class Executor:
                     self._hand_back_buffered()
                 continue
             deliveries = await self.engine.run(self.engine.read(wanted, block_ms=500))
-            self.buffered.extend(deliveries)
+            self.buffered.extend(await self.admission.screen(deliveries))
             self._start_buffered()
 
     def _start_buffered(self) -> None:
@@ -244,6 +213,17 @@ class Executor:
         except PayloadError as exc:
             await self._bury(d, task.name, str(exc), "", decoded=payload)
             return
+        admitted, holder = await self.admission.admit(d, task, payload, args)
+        if not admitted:
+            return
+        try:
+            await self._gated(d, task, payload, args)
+        finally:
+            self.admission.release(holder)
+
+    async def _gated(
+        self, d: Delivery, task: Task[Any, Any], payload: Payload, args: tuple[Any, ...]
+    ) -> None:
         gate = task.run_gate(self.gates) if self.gates is not None else None
         if gate is None:
             await self._run(d, task, payload, args)
@@ -269,7 +249,7 @@ class Executor:
         self.to_start.append((d, started))
         self.start_ready.set()
         try:
-            job = _job_context(d, task, payload,
+            job = job_context(d, task, payload,
                                self.told.reporter(d, started.attempts, task.name))  # fmt: skip
             value = await self._call(task, args, payload.kwargs, job)
         except asyncio.CancelledError:
@@ -307,30 +287,10 @@ class Executor:
     async def _call(
         self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], job: JobContext
     ) -> Any:
-        limit = task.options.timeout
-        # Each delivery runs in a task of its own (admit_outcome), so the job bound here is seen
-        # by a coroutine awaited in it, or by the task wait_for makes for a timeout (a copy of
-        # this context), and by nothing else.
-        token = bind_job(job)
-        in_thread: asyncio.Future[Any] | None = None
-        try:
-            if task.is_async:
-                run: Awaitable[Any] = task.call_async(args, kwargs)
-            else:
-                # Threads do not inherit context variables: hand this one over explicitly.
-                context = contextvars.copy_context()
-                call = functools.partial(context.run, task.call_sync, args, kwargs)
-                run = in_thread = self.lanes.run(call)
-            return await asyncio.wait_for(run, limit)
-        except TimeoutError:
-            if in_thread is not None:
-                # A thread cannot be stopped: the worker keeps its full concurrency without it.
-                self.abandoned_threads += 1
-                log.warning("a job thread is still running past its timeout; it is abandoned")
-                self.lanes.abandon(in_thread)
-            raise JobTimeout(f"ran longer than its timeout of {limit} s") from None
-        finally:
-            unbind_job(token)
+        return await call_handler(task, args, kwargs, job, self.lanes, self._abandoned)
+
+    def _abandoned(self) -> None:
+        self.abandoned_threads += 1
 
     async def _failed(
         self,
@@ -372,6 +332,10 @@ class Executor:
         await self._bury(d, task.name, reason, tb, payload=buried, failure=failure,
                          decoded=payload)  # fmt: skip
 
+    async def _bury_unkeyed(self, d: Delivery, task: Task[Any, Any], payload: Payload,
+                            reason: str) -> None:  # fmt: skip
+        await self._bury(d, task.name, reason, "", decoded=payload)
+
     async def _bury(
         self, d: Delivery, task: str, reason: str, tb: str, *, payload: bytes | None = None,
         failure: Failure | None = None, decoded: Payload | None = None,
@@ -394,6 +358,7 @@ class Executor:
 
     async def _hand_back(self, d: Delivery) -> None:
         self.settled.add(d.entry_id)
+        self.admission.drop(d)
         if await self.engine.run(self.engine.handback(d)):
             self.counters.handed_back += 1
 
@@ -481,17 +446,3 @@ class Executor:
     def shutdown_pool(self) -> bool:
         """Stop the handler threads; True if a handler is still running."""
         return self.lanes.shutdown()
-
-
-def _job_context(
-    d: Delivery, task: Task[Any, Any], payload: Payload, report: Callable[[float, str | None], None]
-) -> JobContext:
-    return JobContext(
-        timer_id=d.timer_id,
-        task=task.name,
-        attempt=payload.attempt,
-        delivery_id=d.entry_id,
-        due_ms=d.due_ms,
-        fired_ms=d.fired_ms,
-        report=report,
-    )

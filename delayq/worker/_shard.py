@@ -15,10 +15,12 @@ from delayq._app import Delayq
 from delayq._layout import Layout
 from delayq._runners import AsyncRunner
 from delayq._task import Task
+from delayq.worker._capacity import Capacity
 from delayq.worker._checks import hint_source
 from delayq.worker._engine import DeadLetterBound, Engine
-from delayq.worker._executor import Capacity, Executor
+from delayq.worker._executor import Executor
 from delayq.worker._firing import Firing
+from delayq.worker._limiter import Limiter
 from delayq.worker._listener import Listener
 from delayq.worker._loops import every, guarded
 from delayq.worker._periodics import PeriodicRunner
@@ -41,6 +43,7 @@ class Context:
     capacity: Capacity
     stopping: asyncio.Event
     find_task: Callable[[str], Task[Any, Any] | None]
+    limiter: Limiter
 
 
 @dataclass
@@ -95,7 +98,7 @@ async def build_shard(
     executor = Executor(
         engine, settings, ctx.find_task, max_payload_bytes=app.max_payload_bytes,
         dead_letters=bound, stopping=ctx.stopping, gates=periodics, capacity=ctx.capacity,
-        result_ttl=app.result_ttl,
+        result_ttl=app.result_ttl, limiter=ctx.limiter,
     )  # fmt: skip
     sweeper = Sweeper(
         engine, firing, orphan_scan_interval=settings.orphan_scan_interval,

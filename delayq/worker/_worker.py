@@ -24,9 +24,10 @@ from delayq._connection import redact_url
 from delayq._defaults import find_task
 from delayq._runners import AsyncRunner
 from delayq._task import Task
+from delayq.worker._capacity import Capacity, Counters
 from delayq.worker._checks import ensure_notifications, hint_source, warn_on_eviction
 from delayq.worker._engine import Engine
-from delayq.worker._executor import Capacity, Counters
+from delayq.worker._limiter import Limiter
 from delayq.worker._loops import guarded, wait_any
 from delayq.worker._settings import WorkerSettings
 from delayq.worker._shard import Context, Shard, build_shard
@@ -54,6 +55,7 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self._shards: list[Shard] = []
         self._watching: Watching | None = None
+        self._limiter: Limiter | None = None
         self._stop_requested = False
 
     # -- control ------------------------------------------------------------------------------
@@ -131,9 +133,12 @@ class Worker:
             log.info("expiry hints from %s (%s); timers fire from the due index as always",
                      hints.channel or "nowhere", hints.why)  # fmt: skip
         await warn_on_eviction(io)
+        limiter = self._limiter = Limiter(
+            io, layout, lease_ms=round(settings.visibility_timeout * 1000)
+        )
         ctx = Context(app, settings, io, listen, layout, flags,
                       Capacity(settings.concurrency, readers=layout.count), stopping,
-                      self.find_task)  # fmt: skip
+                      self.find_task, limiter)  # fmt: skip
         engines = [Engine(io, keys, self.name, app.event_settings) for keys in layout.shards]
         watching = self._watching = Watching(
             app, engines[0], listen, db=io.db, batch=settings.fire_batch,
@@ -166,6 +171,9 @@ class Worker:
         """The worker's loops: each shard's, named with its number when there are several."""
         tasks: list[asyncio.Task[None]] = []
         upkeep = [asyncio.create_task(self._heartbeats(shards))]
+        if self._limiter is not None:  # sends what limited jobs ask until the very end
+            sending = guarded("limits", self._limiter.run, asyncio.Event())
+            upkeep.append(asyncio.create_task(sending))
         for shard in shards:
             suffix = f" {shard.index}" if len(shards) > 1 else ""
             intake = shard.intake(suffix)
@@ -187,6 +195,11 @@ class Worker:
                     await shard.periodics.refresh_locks()
                 except Exception as exc:
                     log.warning("heartbeat failed: %r", exc)
+            if self._limiter is not None:
+                try:
+                    await self._limiter.renew()
+                except Exception as exc:
+                    log.warning("renewing concurrency slots failed: %r", exc)
 
     async def _shutdown(
         self, tasks: list[asyncio.Task[None]], upkeep: list[asyncio.Task[None]],
@@ -204,6 +217,9 @@ class Worker:
         for shard in shards:
             with contextlib.suppress(Exception):
                 await shard.executor.flush_acks()
+        if self._limiter is not None:  # slots of the jobs that ended while draining
+            with contextlib.suppress(Exception):
+                await self._limiter.flush()
         self.abandoned_threads = capacity.lanes.shutdown()
         c = self.counters
         log.info("worker %s stopped: executed=%d retried=%d dead=%d handed_back=%d",

@@ -20,7 +20,7 @@ import redis
 
 from delayq import Delayq, EmbeddedServer, ServerOutOfMemory
 from delayq.testing import WorkerProcess, percentile
-from tests.chaos.app import DEBOUNCE_S, declare
+from tests.chaos.app import DEBOUNCE_S, THEN_CONCURRENCY, declare, then_key
 from tests.conftest import expiring_outcomes, payload_ids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -288,6 +288,8 @@ class Chaos:
         for r in self.runs():
             by_tag[r.kind, r.tag].append(r)
         followed: Counter[int] = Counter()  # firings of each timer's callback: 1 each
+        self.account_limits([r for (kind, _), runs in by_tag.items() if kind == "then"
+                             for r in runs])  # fmt: skip
         for tag in self.delayed_due:
             firsts = self.account_firings(tag, by_tag.pop(("delayed", tag), []), cycles=1)
             ledger.duplicates += max(0, len(firsts) - 1)
@@ -317,6 +319,24 @@ class Chaos:
         early = [ms for ms in ledger.lateness_ms if ms < 0]
         ledger.check(not early, f"{len(early)} timer(s) fired early, up to {-min(early or [0])} ms")
         ledger.check(not any(left.values()), f"left behind: {left}")
+
+    def account_limits(self, runs: list[RunLine]) -> None:
+        """The callbacks' concurrency limit per key, over every run that ended (a run killed
+        with its worker wrote nothing; its slot stays held until its lease ends)."""
+        edges: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for r in runs:
+            key = then_key({"timer_id": r.tag})
+            edges[key] += ((int(r.extra), 1), (r.ran_ms, -1))
+        most = 0
+        for steps in edges.values():
+            running = 0
+            for _, step in sorted(steps):  # an end at the instant of a start comes first
+                running += step
+                most = max(most, running)
+        self.ledger.figures.append(f"callbacks at most {most} at once per key "
+                                   f"(concurrency={THEN_CONCURRENCY})")  # fmt: skip
+        self.ledger.check(most <= THEN_CONCURRENCY,
+                          f"{most} callbacks ran at once for one key, over the limit")  # fmt: skip
 
     def account_firings(self, tag: str, runs: list[RunLine], *, cycles: int) -> list[RunLine]:
         """Count a timer's firings (one per distinct delivery) and its jobs' runs; returns the
