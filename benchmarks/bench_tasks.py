@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from delayq import Delayq, Task, current_job
+from delayq import Delayq, Task
 from delayq.testing import BatchPusher
 
 # The worker's app; the CLI's --url/--namespace override these before it connects.
@@ -52,10 +52,9 @@ async def record(due_ms: int) -> None:
 
 
 async def paced() -> None:
-    """A rate-limited job: how late it started past the moment its token allowed (ms)."""
-    job = current_job()
-    if job is not None:
-        _reporter.add(f"{time.time() * 1000 - job.due_ms:.3f}")
+    """A rate-limited job: notes when it started (ms); the n-th start of a saturated
+    limit may come n intervals after the first, no sooner (the benchmark compares)."""
+    _reporter.add(f"{time.time() * 1000:.3f}")
 
 
 _serial_end = [0.0]  # concurrency=1 and one worker: the runs follow one another here

@@ -17,12 +17,15 @@ def describe_event(event: JobEvent) -> str:
     """One line: when, what, which job, the kind's own details, and the position to resume."""
     when = f"{event.at:%Y-%m-%d %H:%M:%S.%f}"[:-3]
     details = []
-    if event.due_at is not None and event.kind in ("scheduled", "rescheduled", "retried"):
+    if event.due_at is not None and event.kind in ("scheduled", "rescheduled", "retried",
+                                                   "throttled"):  # fmt: skip
         details.append(f"due {event.due_at:%H:%M:%S.%f}"[:-3])
     if event.worker:
         details.append(f"on {event.worker}")
     if event.fraction is not None:
         details.append(f"{event.fraction:.0%}" + (f" {event.message}" if event.message else ""))
+    elif event.message:  # throttled: the limit it waits for
+        details.append(event.message)
     if event.error_type or event.error:
         details.append(f"{event.error_type or 'error'}: {event.error or ''}".rstrip(": "))
     extra = f"  {'; '.join(details)}" if details else ""

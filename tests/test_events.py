@@ -273,6 +273,7 @@ def test_the_cli_prints_and_follows_events(
     ok, flaky = _tasks(app)[:2]
     start_worker(app)
     base = ["--url", server.url, "--namespace", namespace]
+    readers_before = _blocked_readers(app)
     follower = subprocess.Popen(
         [sys.executable, "-c", "from delayq.cli import main; main()", "events", "--follow",
          "--task", "ev.flaky", "--since", "$", *base],
@@ -294,7 +295,7 @@ def test_the_cli_prints_and_follows_events(
 
         reading = threading.Thread(target=read_until_succeeded, daemon=True)
         reading.start()
-        wait_until(lambda: _subscribed(app), timeout=10)
+        wait_until(lambda: _blocked_readers(app) > readers_before, timeout=10)
         ok.delay(1).result(timeout=20)
         flaky.delay().result(timeout=20)
         reading.join(20)
@@ -326,10 +327,11 @@ def test_the_cli_prints_and_follows_events(
     app.close()
 
 
-def _subscribed(app: Delayq) -> bool:
-    """A reader from "$" is reading: its blocking XREAD shows in CLIENT LIST."""
-    clients = app._run(command("CLIENT", "LIST"))
-    return b"cmd=xread " in clients  # not xreadgroup
+def _blocked_readers(app: Delayq) -> int:
+    """Clients of the server blocked in an XREAD (not XREADGROUP), as CLIENT LIST shows: a
+    client's last command stays listed after it returned, its b flag only while it blocks."""
+    clients = app._run(command("CLIENT", "LIST")).splitlines()
+    return sum(b"cmd=xread " in c and b" flags=b " in c for c in clients)
 
 
 def test_events_from_every_shard_of_a_cluster(

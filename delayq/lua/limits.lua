@@ -13,7 +13,7 @@
 --   acquire  KEYS slots, line      ARGV 'a', holder, timer id, limit, lease ms
 --   release  KEYS slots, line      ARGV 'r', holder, limit, lease ms, ''
 --   renew    KEYS slots, line      ARGV 'n', holder, lease ms, '', ''
---   token    KEYS tat, reserved    ARGV 't', timer id, interval ms, tolerance ms, ''
+--   token    KEYS tat, reserved    ARGV 't', timer id, interval ms, tolerance ms, hold ms
 --   rename   KEYS slots, line      ARGV 'm', old timer id, new timer id, '1', ''
 --            or KEYS tat, reserved ARGV 'm', old timer id, new timer id, '0', ''
 --            (a job re-armed under another id than the one it waits under)
@@ -21,7 +21,8 @@
 -- Returns, per operation, {status, ms, timer ids to wake...}:
 --   acquire  {1, 0, ...} it holds a slot; {0, come back in ms, ...} it waits in line
 --   release  {1, 0, ...}          renew  {1 held | 0 it was gone: held again, 0}
---   token    {1, 0} it may run now; {0, run in ms} its token is reserved for then
+--   token    {1, 0} it may run now; {1, ms} its worker keeps it and runs it in ms (at most
+--            hold ms); {0, run in ms} its token is reserved for then, for its timer
 --   rename   {1, 0}
 -- "to wake": waiting jobs just handed a freed slot, whose timers the caller moves to now.
 local now = server_now()
@@ -58,6 +59,10 @@ local function acquire(slots, line, holder, id, limit, lease)
     redis.call('ZREM', line, id)
     return {1, 0}
   end
+  if redis.call('ZCARD', line) == 0 and redis.call('ZCARD', slots) < limit then
+    redis.call('ZADD', slots, now + lease, holder)  -- nobody waits: the common case
+    return {1, 0}
+  end
   join(line, id)
   local woken, others = {}, {}
   hand_out(slots, line, limit, lease, woken)
@@ -80,13 +85,14 @@ end
 
 local function release(slots, line, holder, limit, lease)
   redis.call('ZREM', slots, holder)
+  if redis.call('ZCARD', line) == 0 then return {1, 0} end  -- nobody waits
   expire(slots)
   local woken = {}
   hand_out(slots, line, limit, lease, woken)
   return {1, 0, unpack(woken)}
 end
 
-local function token(tat_key, reserved, id, interval, tolerance)
+local function token(tat_key, reserved, id, interval, tolerance, hold)
   local held = redis.call('ZSCORE', reserved, id)
   if held then
     if tonumber(held) > now then return {0, math.ceil(tonumber(held) - now)} end
@@ -100,6 +106,8 @@ local function token(tat_key, reserved, id, interval, tolerance)
   redis.call('SET', tat_key, string.format('%.3f', next_tat), 'PX',
              math.ceil(next_tat - now) + 1000)
   if at <= now then return {1, 0} end
+  -- Soon enough for its worker to keep it until then: nothing to remember here.
+  if at - now <= hold then return {1, math.ceil(at - now)} end
   redis.call('ZREMRANGEBYSCORE', reserved, '-inf', now - RESERVED_FOR)
   redis.call('ZADD', reserved, at, id)
   return {0, math.ceil(at - now)}
@@ -136,7 +144,7 @@ for i = 0, #KEYS / 2 - 1 do
     -- writes): its run still goes on, so it counts again, and no one else takes its place.
     reply = {redis.call('ZADD', k1, now + tonumber(b), a) == 0 and 1 or 0, 0}
   elseif op == 't' then
-    reply = token(k1, k2, a, tonumber(b), tonumber(c))
+    reply = token(k1, k2, a, tonumber(b), tonumber(c), tonumber(d))
   elseif op == 'm' then
     reply = rename(k1, k2, a, b, c == '1')
   else

@@ -24,7 +24,7 @@ from delayq._hooks import Delivery
 from delayq._task import Task
 from delayq.worker._capacity import Counters
 from delayq.worker._engine import Engine
-from delayq.worker._limiter import Limiter, Wait
+from delayq.worker._limiter import Admitted, Ask, Limiter, Wait
 
 # How long after a throttle the worker keeps reading ahead of its free slots to screen more.
 SCREEN_FOR_S = 1.0
@@ -35,6 +35,16 @@ class _Throttle:
     task: Task[Any, Any]
     payload: Payload
     wait: Wait
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A delivery screened and admitted: what its run needs, decoded once."""
+
+    task: Task[Any, Any]
+    payload: Payload
+    args: tuple[Any, ...]
+    holder: str | None
 
 
 Bury = Callable[[Delivery, Task[Any, Any], Payload, str], Awaitable[None]]
@@ -55,7 +65,8 @@ class Admission:
         self.settled = settled
         self.counters = counters
         self.bury = bury
-        self.holders: dict[str, str | None] = {}  # screened and admitted: entry id -> slot
+        self.screened: dict[str, Screened] = {}  # screened and admitted, by entry id
+        self._payloads: dict[str, Payload] = {}  # decoded while screening
         self.throttled_at = -SCREEN_FOR_S
 
     @property
@@ -63,41 +74,57 @@ class Admission:
         """Whether throttles came lately: the executor then reads ahead to screen more."""
         return time.monotonic() - self.throttled_at < SCREEN_FOR_S
 
-    async def screen(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """The deliveries that may wait for a job slot: the others were throttled (re-armed,
-        all in one round trip) or, if undecodable, are left for the run to bury."""
+    def asks(self, deliveries: list[Delivery]) -> list[Ask]:
+        """What the runs of the limited tasks' deliveries among these ask for."""
         if self.limiter is None:
-            return deliveries
-        checks = [(d, task) for d in deliveries
-                  if (task := self._limited(d)) is not None]  # fmt: skip
-        if not checks:
-            return deliveries
-        verdicts = await asyncio.gather(*(self._check(d, task) for d, task in checks))
-        waits = [(d, v) for (d, _), v in zip(checks, verdicts, strict=True) if v is not None]
+            return []
+        return [ask for d in deliveries if (ask := self._ask(d)) is not None]
+
+    async def screen(
+        self, deliveries: list[Delivery], asks: list[Ask], keep: Callable[[Delivery, int], None]
+    ) -> list[Delivery]:
+        """The deliveries that may wait for a job slot now: the others were throttled
+        (re-armed, all in one round trip), or given to ``keep`` with the ms until their rate
+        token, or, if undecodable, are left for the run to bury."""
+        assert self.limiter is not None
+        verdicts = await self.limiter.admit_many(asks)
+        waits = []
+        kept: set[str] = set()
+        for ask, verdict in zip(asks, verdicts, strict=True):
+            d = ask.delivery
+            if isinstance(verdict, Wait):
+                waits.append((d, _Throttle(ask.task, self._payloads.pop(d.entry_id), verdict)))
+            elif isinstance(verdict, Admitted):
+                self.screened[d.entry_id] = Screened(
+                    ask.task, self._payloads.pop(d.entry_id), ask.args, verdict.holder
+                )
+                if verdict.after_ms > 0:
+                    keep(d, verdict.after_ms)
+                    kept.add(d.entry_id)
+            else:  # its run buries it, with the reason
+                self._payloads.pop(d.entry_id, None)
         if waits:
             await self._throttle_all(waits)
-        dropped = {d.entry_id for d, _ in waits}
+        dropped = kept | {d.entry_id for d, _ in waits}
         return [d for d in deliveries if d.entry_id not in dropped]
 
-    def _limited(self, d: Delivery) -> Task[Any, Any] | None:
+    def _ask(self, d: Delivery) -> Ask | None:
+        """What the run of a limited task's delivery asks for; None for the others."""
         name = peek_task(d.raw)
         task = None if name is None else self.find_task(name)
-        return task if task is not None and task.options.limits is not None else None
-
-    async def _check(self, d: Delivery, task: Task[Any, Any]) -> _Throttle | None:
-        """None: it may wait for a job slot (holding its limit's slot, if it took one)."""
-        limits = task.options.limits
+        if task is None or task.options.limits is None:
+            return None
         try:
             payload = decode_payload(d.raw, max_bytes=self.max_payload_bytes)
             args = task.job_args(payload, d, self.max_payload_bytes)
-            assert limits is not None and self.limiter is not None
-            admitted = await self.limiter.admit(d, task, limits, args, payload.kwargs)
-        except (PayloadError, ScheduleError):
+        except PayloadError:
             return None  # its run buries it, with the reason
-        if isinstance(admitted, Wait):
-            return _Throttle(task, payload, admitted)
-        self.holders[d.entry_id] = admitted.holder
-        return None
+        self._payloads[d.entry_id] = payload
+        return Ask(d, task, task.options.limits, args, payload.kwargs)
+
+    def take(self, d: Delivery) -> Screened | None:
+        """What screening found for this delivery, if it was screened and admitted."""
+        return self.screened.pop(d.entry_id, None)
 
     async def _throttle_all(self, waits: list[tuple[Delivery, _Throttle]]) -> None:
         self.counters.throttled += len(waits)
@@ -113,8 +140,6 @@ class Admission:
         that may not is re-armed for when it may (or buried, if its key cannot be made).
         For a delivery that holds one of the executor's job slots (screened ones are
         admitted by ``screen``)."""
-        if d.entry_id in self.holders:
-            return True, self.holders.pop(d.entry_id)
         limits = task.options.limits
         if limits is None or self.limiter is None:
             return True, None
@@ -127,6 +152,8 @@ class Admission:
             self.settled.add(d.entry_id)  # its entry leaves the stream: not a takeover
             await self._throttle(d, task, payload, admitted)
             return False, None
+        if admitted.after_ms > 0:  # its rate token comes this soon
+            await asyncio.sleep(admitted.after_ms / 1000)
         return True, admitted.holder
 
     async def _throttle(self, d: Delivery, task: Task[Any, Any], payload: Payload,
@@ -151,4 +178,6 @@ class Admission:
 
     def drop(self, d: Delivery) -> None:
         """A screened delivery handed back unrun: its slot goes to the next in line."""
-        self.release(self.holders.pop(d.entry_id, None))
+        found = self.screened.pop(d.entry_id, None)
+        if found is not None:
+            self.release(found.holder)

@@ -29,7 +29,7 @@ from delayq.worker._callbacks import Then, on_failure, on_success
 from delayq.worker._calling import call_handler, job_context
 from delayq.worker._capacity import Capacity, Counters, Running
 from delayq.worker._engine import DeadLetterBound, Done, Engine
-from delayq.worker._limiter import Limiter
+from delayq.worker._limiter import Ask, Limiter
 from delayq.worker._loops import wait_any
 from delayq.worker._progress import ProgressBox
 from delayq.worker._settings import WorkerSettings
@@ -91,6 +91,10 @@ class Executor:
         self.told = ProgressBox(self.start_ready)
         self.counters = Counters()
         self.abandoned_threads = 0
+        self.screening = 0  # deliveries read and being screened (_admission)
+        self.screenings: set[asyncio.Task[None]] = set()
+        # Screened jobs waiting in this worker for a rate token due within KEEP_MS.
+        self.kept: dict[str, tuple[Delivery, asyncio.TimerHandle]] = {}
         self.admission = Admission(
             engine, limiter, find_task, max_payload_bytes=max_payload_bytes,
             settled=self.settled, counters=self.counters, bury=self._bury_unkeyed,
@@ -108,7 +112,7 @@ class Executor:
         # Throttled jobs lately: read ahead to screen the ones behind them (_admission).
         ahead = self.job_seconds <= READ_AHEAD_MAX_JOB_S or self.admission.screening
         room = self.capacity.size // readers if ahead else 0
-        return share + room - len(self.buffered)
+        return share + room - len(self.buffered) - self.screening
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -123,8 +127,37 @@ class Executor:
                     self._hand_back_buffered()
                 continue
             deliveries = await self.engine.run(self.engine.read(wanted, block_ms=500))
-            self.buffered.extend(await self.admission.screen(deliveries))
+            asks = self.admission.asks(deliveries)
+            if asks:  # screened meanwhile: the next read need not wait for it
+                self.screening += len(deliveries)
+                job = asyncio.create_task(self._screen(deliveries, asks))
+                self.screenings.add(job)
+                job.add_done_callback(self.screenings.discard)
+                continue
+            self.buffered.extend(deliveries)
             self._start_buffered()
+
+    def _keep(self, d: Delivery, delay_ms: int) -> None:
+        """A screened job whose rate token comes in ``delay_ms``: it starts then (first)."""
+        handle = asyncio.get_running_loop().call_later(delay_ms / 1000, self._kept_due, d)
+        self.kept[d.entry_id] = (d, handle)
+
+    def _kept_due(self, d: Delivery) -> None:
+        if self.kept.pop(d.entry_id, None) is not None:
+            self.buffered.appendleft(d)
+            self._start_buffered()
+
+    async def _screen(self, deliveries: list[Delivery], asks: list[Ask]) -> None:
+        try:
+            passed = await self.admission.screen(deliveries, asks, self._keep)
+        except Exception as exc:  # each is admitted again before it runs
+            log.warning("screening %d job(s) of limited tasks failed: %r", len(asks), exc)
+            passed = deliveries
+        finally:
+            self.screening -= len(deliveries)
+        self.buffered.extend(passed)
+        self._start_buffered()
+        self.capacity.freed.set()  # the consumer may read again
 
     def _start_buffered(self) -> None:
         while self.buffered and (self.free_slots > 0 or self.stopping.is_set()):
@@ -198,28 +231,41 @@ class Executor:
             log.error("job %s: could not record its outcome: %r", d.timer_id, exc)
 
     async def process(self, d: Delivery) -> None:
-        try:
-            payload = decode_payload(d.raw, max_bytes=self.max_payload_bytes)
-        except PayloadError as exc:
-            await self._bury(d, "", f"undecodable payload: {exc}", "")
-            return
-        task = self.find_task(payload.task)
-        if task is None:
-            await self._bury(d, payload.task, f"unknown task {payload.task!r}", "",
-                             decoded=payload)  # fmt: skip
-            return
-        try:
-            args = task.job_args(payload, d, self.max_payload_bytes)
-        except PayloadError as exc:
-            await self._bury(d, task.name, str(exc), "", decoded=payload)
-            return
-        admitted, holder = await self.admission.admit(d, task, payload, args)
-        if not admitted:
-            return
+        screened = self.admission.take(d)
+        if screened is not None:  # decoded and admitted as it was read
+            task, payload, args, holder = (screened.task, screened.payload, screened.args,
+                                           screened.holder)  # fmt: skip
+        else:
+            prepared = await self._prepare(d)
+            if prepared is None:
+                return
+            task, payload, args = prepared
+            admitted, holder = await self.admission.admit(d, task, payload, args)
+            if not admitted:
+                return
         try:
             await self._gated(d, task, payload, args)
         finally:
             self.admission.release(holder)
+
+    async def _prepare(self, d: Delivery) -> tuple[Task[Any, Any], Payload, tuple[Any, ...]] | None:
+        """The delivery's task, payload and handler arguments; None once it is buried."""
+        try:
+            payload = decode_payload(d.raw, max_bytes=self.max_payload_bytes)
+        except PayloadError as exc:
+            await self._bury(d, "", f"undecodable payload: {exc}", "")
+            return None
+        task = self.find_task(payload.task)
+        if task is None:
+            await self._bury(d, payload.task, f"unknown task {payload.task!r}", "",
+                             decoded=payload)  # fmt: skip
+            return None
+        try:
+            args = task.job_args(payload, d, self.max_payload_bytes)
+        except PayloadError as exc:
+            await self._bury(d, task.name, str(exc), "", decoded=payload)
+            return None
+        return task, payload, args
 
     async def _gated(
         self, d: Delivery, task: Task[Any, Any], payload: Payload, args: tuple[Any, ...]
@@ -411,6 +457,7 @@ class Executor:
         # Jobs done but not yet acknowledged (the server was away) stay ours too.
         entries = [e for e in self.running if e not in self.settled]
         entries += [d.entry_id for d in (*self._to_ack(), *self.buffered)]
+        entries += list(self.kept)
         if not entries:  # nothing to keep: no round trip (a worker has one executor a shard)
             return
         lost = await self.engine.run(self.engine.heartbeat(entries))
@@ -427,6 +474,10 @@ class Executor:
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: let running jobs finish for ``timeout`` s, then hand the rest back."""
+        await asyncio.gather(*self.screenings, return_exceptions=True)
+        for d, handle in list(self.kept.values()):  # handed back with the read-ahead
+            handle.cancel()
+            self._kept_due(d)
         self._start_buffered()  # stopping: each is handed back at once
         deadline = asyncio.get_running_loop().time() + timeout
         while self.running:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from delayq._calls import Batch, Call, script
+from delayq._errors import ScheduleError
 from delayq._hooks import Delivery
 from delayq._keys import Keys
 from delayq._layout import Layout
@@ -26,6 +27,9 @@ from delayq._runners import AsyncRunner
 from delayq._task import Task
 
 log = logging.getLogger("delayq.worker")
+# A run whose rate token comes this soon waits in its worker rather than as a timer: a timer
+# fired now would join the end of the ready stream, behind a burst still being screened.
+KEEP_MS = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +75,22 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A job that may run; ``holder`` names its concurrency slot, if it took one."""
+    """A job that may run; ``holder`` names its concurrency slot, if it took one.
+    ``after_ms``: its rate token is this soon, and the worker keeps it until then."""
 
     holder: str | None = None
+    after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One run asking for what its task's limits require."""
+
+    delivery: Delivery
+    task: Task[Any, Any]
+    limits: Limits
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
 
 @dataclass
@@ -102,31 +119,83 @@ class Limiter:
     ) -> Admitted | Wait:  # fmt: skip
         """Take what this run needs, or say how long it waits; ScheduleError when a key
         cannot be made from its arguments."""
-        conc, rate = task.limit_scopes(args, kwargs)
-        holder = None
-        if conc is not None and limits.concurrency is not None:
-            shard, keys = self._scope_keys(conc)
-            where = (keys.slots(conc), keys.line(conc))
-            holder = f"{d.entry_id}:{d.timer_id}"
-            got = await self._ask(shard, Op(where, ("a", holder, d.timer_id, limits.concurrency,
-                                                    self.lease_ms)))  # fmt: skip
-            if not got.ok:
-                why = f"concurrency {limits.concurrency} for {describe(conc)} of {task.name!r}"
-                return Wait(got.ms, why, (shard, where, True))
-            self.held[holder] = (shard, conc, limits.concurrency)
-        if rate is not None and limits.rate is not None:
-            shard, keys = self._scope_keys(rate)
-            where = (keys.rate_tat(rate), keys.rate_reserved(rate))
-            interval = limits.rate.interval_ms
-            tolerance = interval * limits.rate.burst
-            got = await self._ask(shard, Op(where, ("t", d.timer_id, repr(interval),
-                                                    repr(tolerance), "")))  # fmt: skip
-            if not got.ok:
-                if holder is not None:
-                    self.release(holder)  # the slot goes to the next in line meanwhile
-                why = f"rate {limits.rate} for {describe(rate)} of {task.name!r}"
-                return Wait(got.ms, why, (shard, where, False))
-        return Admitted(holder)
+        (verdict,) = await self.admit_many([Ask(d, task, limits, args, kwargs)])
+        if isinstance(verdict, ScheduleError):
+            raise verdict
+        return verdict
+
+    async def admit_many(self, asks: list[Ask]) -> list[Admitted | Wait | ScheduleError]:
+        """``admit`` for many runs at once: their slots in one round trip (one call per
+        shard), then the tokens of those that got one in another."""
+        verdicts: list[Admitted | Wait | ScheduleError | None] = [None] * len(asks)
+        scopes: list[tuple[str | None, str | None]] = []
+        for i, ask in enumerate(asks):
+            try:
+                scopes.append(ask.task.limit_scopes(ask.args, ask.kwargs))
+            except ScheduleError as exc:
+                verdicts[i] = exc
+                scopes.append((None, None))
+        holders: dict[int, str] = {}
+        slots = {i: self._slot_op(asks[i], conc) for i, (conc, _) in enumerate(scopes)
+                 if conc is not None and verdicts[i] is None}  # fmt: skip
+        for i, reply in (await self._send(slots)).items():
+            shard, op = slots[i]
+            conc = scopes[i][0] or ""
+            if reply.ok:
+                holders[i] = op.args[1]
+                self.held[op.args[1]] = (shard, conc, int(op.args[3]))
+            else:
+                why = f"concurrency {op.args[3]} for {describe(conc)} of {asks[i].task.name!r}"
+                verdicts[i] = Wait(reply.ms, why, (shard, op.keys, True))
+        after: dict[int, int] = {}
+        tokens = {i: self._token_op(asks[i], rate) for i, (_, rate) in enumerate(scopes)
+                  if rate is not None and verdicts[i] is None}  # fmt: skip
+        for i, reply in (await self._send(tokens)).items():
+            if reply.ok:
+                after[i] = reply.ms
+                continue
+            shard, op = tokens[i]
+            if i in holders:
+                self.release(holders.pop(i))  # the slot goes to the next in line meanwhile
+            why = (
+                f"rate {asks[i].limits.rate} for {describe(scopes[i][1] or '')} of "
+                f"{asks[i].task.name!r}"
+            )
+            verdicts[i] = Wait(reply.ms, why, (shard, op.keys, False))
+        return [v if v is not None else Admitted(holders.get(i), after.get(i, 0))
+                for i, v in enumerate(verdicts)]  # fmt: skip
+
+    def _slot_op(self, ask: Ask, scope: str) -> tuple[int, Op]:
+        shard, keys = self._scope_keys(scope)
+        holder = f"{ask.delivery.entry_id}:{ask.delivery.timer_id}"
+        args = ("a", holder, ask.delivery.timer_id, ask.limits.concurrency, self.lease_ms)
+        return shard, Op((keys.slots(scope), keys.line(scope)), args)
+
+    def _token_op(self, ask: Ask, scope: str) -> tuple[int, Op]:
+        shard, keys = self._scope_keys(scope)
+        rate = ask.limits.rate
+        assert rate is not None
+        interval = rate.interval_ms
+        args = ("t", ask.delivery.timer_id, repr(interval), repr(interval * rate.burst), KEEP_MS)
+        return shard, Op((keys.rate_tat(scope), keys.rate_reserved(scope)), args)
+
+    async def _send(self, ops: dict[int, tuple[int, Op]]) -> dict[int, Reply]:
+        """Ops now, one call per shard; their replies by the caller's numbers."""
+        if not ops:
+            return {}
+        per_shard: dict[int, list[int]] = collections.defaultdict(list)
+        for i, (shard, _) in ops.items():
+            per_shard[shard].append(i)
+        shards = list(per_shard)
+        replies = await asyncio.gather(
+            *(self.io.run(limit_call([ops[i][1] for i in per_shard[s]])) for s in shards)
+        )
+        found = {i: r for s, got in zip(shards, replies, strict=True)
+                 for i, r in zip(per_shard[s], got, strict=True)}  # fmt: skip
+        woken = [w for r in found.values() for w in r.woken]
+        if woken:
+            await self._wake(woken)
+        return found
 
     def release(self, holder: str) -> None:
         """The run holding this slot is over: the slot goes to the next in line, if any."""
