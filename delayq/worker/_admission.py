@@ -87,7 +87,12 @@ class Admission:
         (re-armed, all in one round trip), or given to ``keep`` with the ms until their rate
         token, or, if undecodable, are left for the run to bury."""
         assert self.limiter is not None
-        verdicts = await self.limiter.admit_many(asks)
+        try:
+            verdicts = await self.limiter.admit_many(asks)
+        except BaseException:  # each is admitted again before it runs: nothing kept for them
+            for ask in asks:
+                self._payloads.pop(ask.delivery.entry_id, None)
+            raise
         waits = []
         kept: set[str] = set()
         for ask, verdict in zip(asks, verdicts, strict=True):

@@ -43,7 +43,7 @@ class Context:
     capacity: Capacity
     stopping: asyncio.Event
     find_task: Callable[[str], Task[Any, Any] | None]
-    limiter: Limiter
+    limiter: Limiter | None
 
 
 @dataclass

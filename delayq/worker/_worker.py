@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from delayq._app import Delayq
 from delayq._cluster import async_runner
 from delayq._connection import redact_url
-from delayq._defaults import find_task
+from delayq._defaults import SHARED_TASKS, find_task
 from delayq._runners import AsyncRunner
 from delayq._task import Task
 from delayq.worker._capacity import Capacity, Counters
@@ -133,9 +133,10 @@ class Worker:
             log.info("expiry hints from %s (%s); timers fire from the due index as always",
                      hints.channel or "nowhere", hints.why)  # fmt: skip
         await warn_on_eviction(io)
-        limiter = self._limiter = Limiter(
-            io, layout, lease_ms=round(settings.visibility_timeout * 1000)
-        )
+        # Without a limited task, deliveries are not even looked at for limits.
+        limited = any(t.options.limits is not None for t in (*app.tasks, *SHARED_TASKS))
+        lease_ms = round(settings.visibility_timeout * 1000)
+        limiter = self._limiter = Limiter(io, layout, lease_ms=lease_ms) if limited else None
         ctx = Context(app, settings, io, listen, layout, flags,
                       Capacity(settings.concurrency, readers=layout.count), stopping,
                       self.find_task, limiter)  # fmt: skip
