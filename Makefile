@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover bench-replicas bench-results bench-waiters bench-limits clean
+.PHONY: install format lint mypy test chaos demo demo-heartbeat bench bench-debounce bench-load bench-cluster bench-failover bench-replicas bench-results bench-waiters bench-limits bench-queues clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,9 @@ bench-waiters: $(STAMP)
 
 bench-limits: $(STAMP)
 	$(BIN)/python benchmarks/bench_limits.py
+
+bench-queues: $(STAMP)
+	$(BIN)/python benchmarks/bench_queues.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist

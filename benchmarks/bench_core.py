@@ -293,10 +293,9 @@ def wait_drained(app: Delayq, client: redis.Redis, worker: WorkerProcess, timeou
     """time.time() once no timer is pending and every fired job is acknowledged."""
     give_up = time.monotonic() + timeout
     while time.monotonic() < give_up:
-        pipe = client.pipeline(transaction=False)
-        pipe.zcard(app.keys.index)
-        pipe.xlen(app.keys.ready)
-        pending, unacked = pipe.execute()
+        pending = client.zcard(app.keys.index)
+        # Every queue's streams: jobs of another queue or priority wait in streams of their own.
+        unacked = sum(q.waiting + q.in_flight for q in app.queues())
         if pending == 0 and unacked == 0:
             return time.time()
         worker.check_alive()

@@ -91,6 +91,9 @@ class BenchTasks:
     noop_sync_rate: Task[..., Any]
     paced: Task[..., Any]  # 500/s: throttled jobs, each started at its token's time
     serial: Task[..., Any]  # concurrency=1: each run waits for the previous one's slot
+    # Another queue, at another level: what a job of a routed payload costs.
+    noop_routed: Task[..., Any]
+    noop_sync_routed: Task[..., Any]
 
 
 def register(target: Delayq) -> BenchTasks:
@@ -122,6 +125,12 @@ def register(target: Delayq) -> BenchTasks:
         )(noop_sync),
         paced=target.task(name="bench.paced", retries=0, rate_limit="500/s")(paced),
         serial=target.task(name="bench.serial", retries=0, concurrency=1)(serial),
+        noop_routed=target.task(name="bench.noop_routed", retries=0, queue="bench", priority=5)(
+            noop
+        ),
+        noop_sync_routed=target.task(
+            name="bench.noop_sync_routed", retries=0, queue="bench", priority=5
+        )(noop_sync),
     )
 
 

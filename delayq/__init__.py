@@ -21,6 +21,7 @@ from delayq._errors import (
 )
 from delayq._events import JobEvent
 from delayq._outcomes import Outcome, Progress
+from delayq._queues import QueueInfo
 from delayq._server import EmbeddedServer
 from delayq._store import DeadLetter, ScheduleRequest
 from delayq._task import RetryPolicy, Task
@@ -46,6 +47,7 @@ __all__ = [
     "Payload",
     "PayloadError",
     "Progress",
+    "QueueInfo",
     "ResultUnavailable",
     "RetryPolicy",
     "ScheduleError",

@@ -18,8 +18,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgpack
 
 from delayq._errors import PayloadError
+from delayq._route import DEFAULT_ROUTE, Route, check_priority, check_queue
 
 FORMAT_VERSION = 1
+# A payload routed elsewhere than the default queue at the default priority: its queue and
+# level follow the task name, where fire.lua reads them (prelude.lua: stream_of).
+ROUTED_VERSION = 2
 _MAX_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999 UTC, the last instant datetime can hold
 _EXT_DATETIME = 1
 _EXT_DATE = 2
@@ -44,6 +48,7 @@ class Payload:
     # Follow-up tasks scheduled with the outcome, once it is final (``schedule(on_success=)``).
     on_success: str | None = None
     on_failure: str | None = None
+    route: Route = DEFAULT_ROUTE
 
     @property
     def created_at(self) -> dt.datetime:
@@ -116,15 +121,19 @@ def encode_payload(
     max_bytes: int,
     on_success: str | None = None,
     on_failure: str | None = None,
+    route: Route = DEFAULT_ROUTE,
 ) -> bytes:
     """Serialize a call; raise PayloadError naming the argument that cannot be serialized.
 
     Everything a worker would refuse to decode is refused here instead, before it is stored.
     A payload with callbacks has a seventh item, a map of "s" / "f" to their task names; one
-    without stays six items long, as before callbacks.
+    without stays six items long, as before callbacks. A job of another queue or priority
+    than the default has format version 2, its queue and level right after the task name.
     """
     _check_encodable(args, kwargs)
     call: list[Any] = [FORMAT_VERSION, task, list(args), kwargs, attempt, created_ms]
+    if not route.is_default:
+        call[0:2] = [ROUTED_VERSION, task, route.queue, route.priority]
     then = {k: v for k, v in (("s", on_success), ("f", on_failure)) if v is not None}
     if then:
         call.append(then)
@@ -234,6 +243,10 @@ def _why_not_msgpack(what: str, exc: Exception) -> str:
 
 
 def _check_shape(value: object) -> Payload:
+    route = DEFAULT_ROUTE
+    if isinstance(value, list) and value and value[0] == ROUTED_VERSION:
+        route = _route(value[2:4])
+        value = [FORMAT_VERSION, *value[1:2], *value[4:]]
     if not isinstance(value, list) or len(value) not in (6, 7):
         got = f"a list of {len(value)} items" if isinstance(value, list) else _kind(value)
         raise PayloadError(
@@ -241,7 +254,7 @@ def _check_shape(value: object) -> Payload:
         )
     version, task, args, kwargs, attempt, created_ms = value[:6]
     then = _callbacks(value[6] if len(value) == 7 else {})
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise PayloadError(f"unsupported payload format version {version!r:.40}")
     if not isinstance(task, str):
         raise PayloadError(f"payload task name is not a string but {_kind(task)}")
@@ -258,7 +271,17 @@ def _check_shape(value: object) -> Payload:
     if not 0 <= created_ms <= _MAX_MS:
         raise PayloadError(f"payload creation time {created_ms} is not a time in ms since 1970")
     _check_values("payload", args, kwargs)
-    return Payload(task, tuple(args), kwargs, attempt, created_ms, then.get("s"), then.get("f"))
+    return Payload(task, tuple(args), kwargs, attempt, created_ms, then.get("s"), then.get("f"),
+                   route)  # fmt: skip
+
+
+def _route(value: list[Any]) -> Route:
+    if len(value) != 2:
+        raise PayloadError("payload of format 2 has no queue and priority")
+    try:
+        return Route(check_queue(value[0]), check_priority(value[1]))
+    except ValueError as exc:  # ConfigurationError from the checks: the payload's fault here
+        raise PayloadError(f"payload route: {exc}") from None
 
 
 def _callbacks(value: object) -> dict[str, str]:
@@ -344,6 +367,7 @@ def reencode(payload: Payload, *, attempt: int, max_bytes: int) -> bytes:
         max_bytes=max_bytes,
         on_success=payload.on_success,
         on_failure=payload.on_failure,
+        route=payload.route,
     )
 
 
@@ -418,7 +442,11 @@ def peek_task(data: bytes) -> str | None:
     the name), without decoding the rest; None if they are not what ``encode_payload`` writes.
     The worker uses it to pick out the jobs of limited tasks cheaply (prelude.lua reads it the
     same way)."""
-    if len(data) < 3 or not 0x90 <= data[0] <= 0x9F or data[1] != FORMAT_VERSION:
+    if (
+        len(data) < 3
+        or not 0x90 <= data[0] <= 0x9F
+        or data[1] not in (FORMAT_VERSION, ROUTED_VERSION)
+    ):
         return None
     head = data[2]
     if 0xA0 <= head <= 0xBF:

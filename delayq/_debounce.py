@@ -104,11 +104,11 @@ class Debounced(Task[P, R]):
         opts = self.debounce
         if opts.payload == "all":
             payload = encode_payload(self.name, (), {}, attempt=0, created_ms=now_ms,
-                                     max_bytes=limit)  # fmt: skip
+                                     max_bytes=limit, route=self.options.route)  # fmt: skip
             item = encode_touch(args, kwargs, touched_ms=now_ms, max_bytes=limit)
         else:
             payload = encode_payload(self.name, args, kwargs, attempt=0, created_ms=now_ms,
-                                     max_bytes=limit)  # fmt: skip
+                                     max_bytes=limit, route=self.options.route)  # fmt: skip
             item = b""
         return TouchRequest(
             timer_id, payload, opts.window_ms, opts.payload, opts.max_items, opts.max_wait_ms,

@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 from delayq._errors import ConfigurationError, ScheduleError
 from delayq._events import check_events
 from delayq._limits import KeySpec, Limits
+from delayq._route import DEFAULT_PRIORITY, DEFAULT_QUEUE, DEFAULT_ROUTE, Route
 from delayq._task import RetryPolicy, TaskOptions, default_task_name
 from delayq._when import Delay, delay_seconds
 
@@ -34,6 +35,8 @@ class TaskKwargs(TypedDict, total=False):
     rate_limit: str | None
     rate_key: KeySpec
     rate_burst: int | None
+    queue: str
+    priority: int
 
 
 _RETRY_FIELDS = ("retries", "retry_backoff", "retry_backoff_max", "retry_for")
@@ -54,12 +57,13 @@ class Declaration:
     result_ttl: float | None = None
     events: bool | None = None
     limits: Limits | None = None
+    route: Route = DEFAULT_ROUTE
 
     def options_for(self, func: Callable[..., Any]) -> TaskOptions:
         # An explicit name is checked as given (TaskOptions refuses "", non-str, over-long).
         name = default_task_name(func) if self.name is None else self.name
         return TaskOptions(name, self.retry, self.default_delay, self.timeout, self.result_ttl,
-                           self.events, self.limits)  # fmt: skip
+                           self.events, self.limits, self.route)  # fmt: skip
 
 
 def declare(
@@ -82,7 +86,9 @@ def declare(
         raise ConfigurationError("timeout must be positive")
     return Declaration(options.get("name"), _retry_policy(options, retries), default_delay, limit,
                        check_result_ttl(options.get("result_ttl")),
-                       check_events(options.get("events")), _limits(options))  # fmt: skip
+                       check_events(options.get("events")), _limits(options),
+                       Route(options.get("queue", DEFAULT_QUEUE),
+                             options.get("priority", DEFAULT_PRIORITY)))  # fmt: skip
 
 
 def _limits(options: TaskKwargs) -> Limits | None:

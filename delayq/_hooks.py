@@ -18,7 +18,7 @@ Decision = Literal["run", "skip", "requeued"]
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One fired job as read from the ready stream."""
+    """One fired job as read from a ready stream."""
 
     entry_id: str
     timer_id: str
@@ -26,6 +26,8 @@ class Delivery:
     due_ms: int
     items: bytes | None = None  # debounced payload="all": the touches, concatenated msgpack
     watched_data: bytes | None = None  # on_expire: the companion key's value
+    stream: str = ""  # the ready stream it was read from (its queue's level)
+    priority: int = 0  # its level: higher is taken first
 
     @property
     def fired_ms(self) -> int:

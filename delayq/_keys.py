@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Sequence
 
 from delayq._errors import ConfigurationError, InvalidTimerId
+from delayq._route import DEFAULT_PRIORITY, DEFAULT_QUEUE, LEVELS
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # Ids travel inside key names and stream fields; a bound keeps one bad id from bloating the server.
@@ -125,6 +126,7 @@ class Keys:
         self.prefix = prefix
         self.index = prefix + "due"  # sorted set: timer id -> due time (ms, server clock)
         self.ready = prefix + "ready"  # stream of fired jobs, read by the consumer group
+        self.queues = prefix + "queues"  # set: the queues whose streams exist (see stream())
         self.dead = prefix + "dead"  # stream of dead letters
         self.stats = prefix + "stats"  # hash of counters
         self.paused = prefix + "paused"  # hash: timer id -> "remaining_ms:duration_ms"
@@ -162,6 +164,19 @@ class Keys:
         # spread over all of its buckets.
         crc = zlib.crc32(timer_id.encode("utf-8", "surrogatepass"))
         return f"{self.bucket_prefix}{(crc >> 12) % self.buckets}"
+
+    def stream(self, queue: str, priority: int) -> str:
+        """The ready stream of a queue's priority level: ``ready`` for the default queue at
+        the default level, else ``ready:<queue>:<level>``. prelude.lua's ``stream_of`` builds
+        the same names from a payload's route (the queue's own name is checked by _route)."""
+        if queue == DEFAULT_QUEUE and priority == DEFAULT_PRIORITY:
+            return self.ready
+        return f"{self.ready}:{queue}:{priority}"
+
+    def streams(self, queues: Sequence[str]) -> list[str]:
+        """The ready streams of these queues, in the order a worker takes them: highest
+        level first, the queues in the given order within a level."""
+        return [self.stream(q, level) for level in reversed(range(LEVELS)) for q in queues]
 
     def read_data(self, timer_id: str) -> tuple[str, ...]:
         """The command that reads a timer's payload (None when it has none)."""

@@ -99,7 +99,7 @@ class Periodic(Task[P, R]):
 
     def tick_payload(self, *, max_bytes: int) -> bytes:
         return encode_payload(self.name, (), {}, attempt=0, created_ms=int(time.time() * 1000),
-                              max_bytes=max_bytes)  # fmt: skip
+                              max_bytes=max_bytes, route=self.options.route)  # fmt: skip
 
     def chained_tick_ms(self, tick_ms: int, now_ms: int) -> int:
         """The tick to arm after ``tick_ms`` ran at ``now_ms``, by the catch-up policy."""

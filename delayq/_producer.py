@@ -16,6 +16,8 @@ from delayq._event_reader import follow_async, follow_sync
 from delayq._events import JobEvent
 from delayq._keys import check_timer_id
 from delayq._outcomes import Outcome
+from delayq._queues import QueueInfo
+from delayq._route import check_queue
 from delayq._sharded import ShardedStore
 from delayq._store import (
     Armed,
@@ -271,6 +273,14 @@ class Producer:
 
     async def astats(self) -> dict[str, int]:
         return await self._arun(self.store.stats())
+
+    def queues(self, *names: str) -> list[QueueInfo]:
+        """Each queue's jobs waiting and in flight and its oldest waiting job: the default
+        queue, ``names``, and every queue a worker or a job has used (docs/flow-control.md)."""
+        return self._run(self.store.queues([check_queue(n) for n in names]))
+
+    async def aqueues(self, *names: str) -> list[QueueInfo]:
+        return await self._arun(self.store.queues([check_queue(n) for n in names]))
 
     def server_time_ms(self) -> int:
         """The server's clock (ms since the epoch): the clock timers fall due by."""

@@ -11,6 +11,7 @@ from functools import cache
 from importlib import resources
 
 from delayq._keys import OUTCOME_HOLD_MS, SHADOW_GRACE_MS
+from delayq._route import LEVELS
 
 NAMES = (
     "schedule",
@@ -42,6 +43,8 @@ NAMES = (
     "progress",
     "limits",
     "wake",
+    "take",
+    "queue_stats",
 )
 
 
@@ -52,7 +55,8 @@ def _read(name: str) -> str:
 @cache
 def prelude() -> str:
     return (_read("prelude").replace("@SHADOW_GRACE_MS@", str(SHADOW_GRACE_MS))
-            .replace("@OUTCOME_HOLD_MS@", str(OUTCOME_HOLD_MS)))  # fmt: skip
+            .replace("@OUTCOME_HOLD_MS@", str(OUTCOME_HOLD_MS))
+            .replace("@LEVELS@", str(LEVELS)))  # fmt: skip
 
 
 class Scripts:

@@ -13,11 +13,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from delayq._calls import Batch, Call, Flow
+from delayq._calls import Batch, Call, Flow, server_time
 from delayq._events import OFF, EventSettings
 from delayq._keys import Keys
 from delayq._layout import Layout, resolve, stored_count
 from delayq._outcomes import DEFAULT_RESULT_TTL, Outcome
+from delayq._queues import QueueInfo, listed, merge, names, stats_call
 from delayq._store import (
     SCRIPT_BATCH,
     Armed,
@@ -201,6 +202,15 @@ class ShardedStore:
         for part in (yield Batch([store.stats() for store in stores])):
             total.update(part)
         return dict(total)
+
+    def queues(self, wanted: Sequence[str] = ()) -> Flow[list[QueueInfo]]:
+        """Each queue's jobs waiting and in flight, over every shard (see ``_queues``)."""
+        stores = yield from self._each()
+        found = yield Batch([listed(store.keys) for store in stores])
+        queues = names(found, wanted)
+        parts = yield Batch([stats_call(store.keys, queues) for store in stores])
+        now_ms = yield server_time()
+        return merge(queues, parts, now_ms)
 
     # -- dead letters -------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from delayq._codec import encode_payload
 from delayq._errors import ConfigurationError
 from delayq._keys import check_task_name, check_user_timer_id
 from delayq._limits import Limits
+from delayq._route import DEFAULT_ROUTE, Route
 from delayq._store import ScheduleRequest
 from delayq._timer import Timer
 from delayq._when import Delay, delay_seconds, resolve_when
@@ -76,6 +77,8 @@ class TaskOptions:
     events: bool | None = None
     # How many of its runs at once, how many a second (None: no limit).
     limits: Limits | None = None
+    # Which queue its jobs wait in, and at which priority level (a call may give another).
+    route: Route = DEFAULT_ROUTE
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
@@ -159,11 +162,13 @@ class Task(Generic[P, R]):
         id: str | None = None,
         on_success: Callback | None = None,
         on_failure: Callback | None = None,
+        priority: int | None = None,
         **kwargs: Any,
     ) -> ScheduleRequest:
         """Validate and serialize a call without storing it (for ``Delayq.schedule_many``)."""
         return self.request(args, kwargs, delay=delay, at=at, timer_id=id,
-                            on_success=on_success, on_failure=on_failure)  # fmt: skip
+                            on_success=on_success, on_failure=on_failure,
+                            priority=priority)  # fmt: skip
 
     def request(
         self,
@@ -176,9 +181,11 @@ class Task(Generic[P, R]):
         replace: bool = False,
         on_success: Callback | None = None,
         on_failure: Callback | None = None,
+        priority: int | None = None,
     ) -> ScheduleRequest:
         """Like ``prepare``, with the call's arguments passed as a tuple and a dict."""
         when = resolve_when(delay, at, self.options.default_delay)
+        route = self.options.route.at(priority)
         self.limit_scopes(args, kwargs)  # a key its worker could not make is refused now
         timer_id = new_timer_id() if timer_id is None else check_user_timer_id(timer_id)
         payload = encode_payload(
@@ -190,6 +197,7 @@ class Task(Generic[P, R]):
             max_bytes=self.app.max_payload_bytes,
             on_success=callback_name(on_success, "on_success"),
             on_failure=callback_name(on_failure, "on_failure"),
+            route=route,
         )
         return ScheduleRequest(timer_id, payload, when, replace)
 
@@ -201,6 +209,7 @@ class Task(Generic[P, R]):
         id: str | None = None,
         on_success: Callback | None = None,
         on_failure: Callback | None = None,
+        priority: int | None = None,
         **kwargs: Any,
     ) -> Timer:
         """Run later: after ``delay`` (seconds or timedelta) or at ``at`` (an aware datetime).
@@ -212,9 +221,13 @@ class Task(Generic[P, R]):
         ``on_success`` / ``on_failure``: a task (or its name) scheduled, once, when this job
         succeeds / fails for good, with one argument: a dict of its outcome (see
         docs/outcomes.md, "Callbacks").
+
+        ``priority``: this job's level, 0 to 9, instead of the task's; among jobs of its queue
+        due together, a higher level starts first (docs/flow-control.md).
         """
         req = self.request(args, kwargs, delay=delay, at=at, timer_id=id,
-                           on_success=on_success, on_failure=on_failure)  # fmt: skip
+                           on_success=on_success, on_failure=on_failure,
+                           priority=priority)  # fmt: skip
         return self.app.arm(req)
 
     async def aschedule(
@@ -225,11 +238,13 @@ class Task(Generic[P, R]):
         id: str | None = None,
         on_success: Callback | None = None,
         on_failure: Callback | None = None,
+        priority: int | None = None,
         **kwargs: Any,
     ) -> Timer:
         """``schedule`` for asyncio code: the same arguments, the same errors."""
         req = self.request(args, kwargs, delay=delay, at=at, timer_id=id,
-                           on_success=on_success, on_failure=on_failure)  # fmt: skip
+                           on_success=on_success, on_failure=on_failure,
+                           priority=priority)  # fmt: skip
         return await self.app.aarm(req)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Timer:

@@ -108,7 +108,7 @@ class Watcher(Task[P, R]):
     def payload_for(self, key: str, suffix: str, *, max_bytes: int) -> bytes:
         return encode_payload(
             self.name, (key, suffix), {}, attempt=0, created_ms=int(time.time() * 1000),
-            max_bytes=max_bytes,
+            max_bytes=max_bytes, route=self.options.route,
         )  # fmt: skip
 
     def job_args(self, payload: Payload, fired: Delivery, max_bytes: int) -> tuple[Any, ...]:

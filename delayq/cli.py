@@ -22,6 +22,8 @@ from delayq._connection import redact_url, tls_failure
 from delayq._defaults import set_default_app
 from delayq._errors import ConfigurationError, DelayqError, TimerPaused
 from delayq._layout import Layout
+from delayq._queues import describe as describe_queue
+from delayq._route import parse_queues
 from delayq._schedules import load_zone
 from delayq._sentinel import is_sentinel_url, parse_target
 from delayq._sentinel_server import LocalSentinel
@@ -111,6 +113,9 @@ def worker(
     shutdown_timeout: Annotated[float, _setting("shutdown_timeout")] = _WORKER.shutdown_timeout,
     max_deliveries: Annotated[int, _setting("max_deliveries")] = _WORKER.max_deliveries,
     watch_lease: Annotated[float, _setting("watch_lease")] = _WORKER.watch_lease,
+    queues: Annotated[
+        str | None, typer.Option("--queues", "-Q", help=WorkerSettings.help("queues"))
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Fire timers on time and run their jobs, until SIGTERM or SIGINT."""
@@ -126,6 +131,7 @@ def worker(
             shutdown_timeout=shutdown_timeout,
             max_deliveries=max_deliveries,
             watch_lease=watch_lease,
+            queues=None if queues is None else parse_queues(queues),
         )
         runner = Worker(app, settings)
         runner.run()
@@ -409,6 +415,22 @@ def periodic_list(
             f"last={_when(state.get('last_run_at'), zone)}"
         )
     typer.echo(f"{len(app.periodics)} periodic task(s)")
+
+
+@cli.command()
+def queues(
+    app_spec: AppOption = None,
+    url: UrlOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Each queue's jobs waiting and in flight, and how long its oldest waiting job has waited."""
+    app = resolve_app(app_spec, url, namespace)
+    named = sorted({t.options.route.queue for t in app.tasks})
+    rows = [describe_queue(info) for info in app.queues(*named)]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in rows[0]}
+    typer.echo("  ".join(c.ljust(w) for c, w in widths.items()).rstrip())
+    for row in rows:
+        typer.echo("  ".join(str(row[c]).ljust(w) for c, w in widths.items()).rstrip())
 
 
 @cli.command()

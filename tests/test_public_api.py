@@ -24,6 +24,7 @@ def test_all_is_pinned() -> None:
             "Payload",
             "PayloadError",
             "Progress",
+            "QueueInfo",
             "ResultUnavailable",
             "RetryPolicy",
             "ScheduleError",

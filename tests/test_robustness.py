@@ -47,7 +47,7 @@ def test_only_the_owner_settles_a_delivery(app: Delayq, server: EmbeddedServer) 
         assert await first.run(bury) is None
         assert await first.run(first.retry(delivery, delivery.raw, 1.0)) is None
         assert await first.run(first.handback(delivery)) is False
-        lost = await first.run(first.heartbeat([delivery.entry_id]))
+        lost = await first.run(first.heartbeat([delivery]))
         assert lost == [delivery.entry_id]
         bury = second.bury(delivery, task="", reason="x", traceback="", bound=BOUND,
                            failure=Failure("", "x", 0))  # fmt: skip

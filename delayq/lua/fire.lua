@@ -5,13 +5,15 @@
 -- The payload moves into the ready-stream entry: from then on the id is free for a new timer.
 --
 -- KEYS[1]          due index (sorted set of timer id -> due ms)
--- KEYS[2]          ready stream (fired jobs)
+-- KEYS[2]          ready stream (fired jobs of the default queue and level; a job routed
+--                  elsewhere goes to its own queue's level: prelude stream_of)
 -- KEYS[3]          stats hash (counters)
 -- KEYS[4]          first-touch hash (debounced timers with max_wait)
--- KEYS[5 + 4i]     shadow key of the i-th timer (i from 0)
--- KEYS[6 + 4i]     payload bucket of the i-th timer (prelude: payload_*)
--- KEYS[7 + 4i]     items list of the i-th timer (debounced, payload="all")
--- KEYS[8 + 4i]     outcome record of the i-th timer's job: "queued" from now on (a retry or
+-- KEYS[5]          the set of queues with streams (stream_of)
+-- KEYS[6 + 4i]     shadow key of the i-th timer (i from 0)
+-- KEYS[7 + 4i]     payload bucket of the i-th timer (prelude: payload_*)
+-- KEYS[8 + 4i]     items list of the i-th timer (debounced, payload="all")
+-- KEYS[9 + 4i]     outcome record of the i-th timer's job: "queued" from now on (a retry or
 --                  a throttled job keeps what its earlier attempts recorded; any other job
 --                  starts anew)
 -- KEYS[#KEYS]      events stream: a "fired" event for each job its task wants told
@@ -31,7 +33,7 @@ for i = 1, #ARGV - 1 do
   local id = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= now then
-    local base = 1 + 4 * i
+    local base = 2 + 4 * i
     local shadow, data, list = KEYS[base], KEYS[base + 1], KEYS[base + 2]
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[4], id)
@@ -39,13 +41,14 @@ for i = 1, #ARGV - 1 do
     local payload = payload_get(data, id)
     if payload then
       payload_del(data, id)
+      local stream = stream_of(KEYS[2], KEYS[5], payload)
       local items = redis.call('LRANGE', list, 0, -1)
       if #items > 0 then
         redis.call('DEL', list)
-        redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score,
+        redis.call('XADD', stream, '*', 'i', id, 'p', payload, 'd', score,
           'a', table.concat(items))
       else
-        redis.call('XADD', KEYS[2], '*', 'i', id, 'p', payload, 'd', score)
+        redis.call('XADD', stream, '*', 'i', id, 'p', payload, 'd', score)
       end
       -- A retry, or a job that waited for a limit, keeps its attempts and last error; any
       -- other firing starts a new record.

@@ -1,7 +1,7 @@
 -- prelude.lua: code the scripts share, placed after each script's #!lua line (see _scripts.py).
--- Its names (GRACE, HOLD, server_now, earliest, place, arm, settle, payload_*, keep_outcome,
--- ended, event_spec, wants_events, payload_task, origin_of, tell, tell_missed_start,
--- follow_up) are the scripts' own: they never copy it.
+-- Its names (GRACE, HOLD, LEVELS, server_now, earliest, place, arm, settle, payload_*, keep_outcome,
+-- ended, event_spec, wants_events, msgpack_str, payload_task, stream_of, origin_of, tell,
+-- tell_missed_start, follow_up) are the scripts' own: they never copy it.
 --
 -- A shadow key outlives its deadline by GRACE ms (SHADOW_GRACE_MS in _keys.py): a timer
 -- claimed on time is deleted before it expires, so only a straggler publishes `expired`.
@@ -9,6 +9,8 @@ local GRACE = @SHADOW_GRACE_MS@
 -- How long the outcome record of a job still under way is kept (OUTCOME_HOLD_MS in
 -- _keys.py): a job lost with its server must not keep its record for ever.
 local HOLD = @OUTCOME_HOLD_MS@
+-- Priority levels of a queue, 0 to LEVELS - 1 (_route.LEVELS).
+local LEVELS = @LEVELS@
 
 -- The server's clock, ms: every deadline is set and judged by it, never by a client's clock.
 local function server_now()
@@ -144,17 +146,42 @@ local function wants_events(spec, task)
   return spec ~= nil and spec.default ~= (spec.differs[task] == true)
 end
 
+-- The msgpack str at byte `at` of `data`, and the position after it; '' and nil if there is
+-- none (str 32 is never written: names are shorter).
+local function msgpack_str(data, at)
+  local b = string.byte(data, at)
+  if not b then return '', nil end
+  local from, len
+  if b >= 0xa0 and b <= 0xbf then
+    from, len = at + 1, b - 0xa0
+  elseif b == 0xd9 then
+    from, len = at + 2, string.byte(data, at + 1)
+  elseif b == 0xda then
+    from, len = at + 3, string.byte(data, at + 1) * 256 + string.byte(data, at + 2)
+  else
+    return '', nil
+  end
+  return string.sub(data, from, from + len - 1), from + len
+end
+
 -- A payload's task name, read off its first bytes ([version, task, ...] as msgpack: a fixarray
 -- header, a positive fixint, then a str), without decoding the rest.
 local function payload_task(payload)
-  local b = string.byte(payload, 3)
-  if not b then return '' end
-  if b >= 0xa0 and b <= 0xbf then return string.sub(payload, 4, 3 + b - 0xa0) end
-  if b == 0xd9 then return string.sub(payload, 5, 4 + string.byte(payload, 4)) end
-  if b == 0xda then
-    return string.sub(payload, 6, 5 + string.byte(payload, 4) * 256 + string.byte(payload, 5))
-  end
-  return ''
+  return (msgpack_str(payload, 3))
+end
+
+-- The ready stream a payload's job waits in (Keys.stream): `ready` itself, unless the payload
+-- is of format 2 ([2, task, queue, level, ...]: _codec.ROUTED_VERSION); then the stream of its
+-- queue's level, and the queue is listed in the set `queues`.
+local function stream_of(ready, queues, payload)
+  if string.byte(payload, 2) ~= 2 then return ready end
+  local _, at = msgpack_str(payload, 3)
+  local queue
+  if at then queue, at = msgpack_str(payload, at) end
+  local level = at and string.byte(payload, at)
+  if queue == '' or not level or level >= LEVELS then return ready end  -- not written by delayq
+  redis.call('SADD', queues, queue)
+  return ready .. ':' .. queue .. ':' .. level
 end
 
 -- The id a job was scheduled under: a retry's or re-drive's id cut at its mark

@@ -7,16 +7,17 @@
 -- KEYS[3]        ready stream
 -- KEYS[4]        stats hash
 -- KEYS[5]        paused hash (watch timers are never paused; old entries are dropped)
+-- KEYS[6]        the set of queues with streams (a job of another queue: prelude stream_of)
 -- ARGV[1]        the leader's token
 -- ARGV[2]        "read": the script reads each watched key and companion itself (one server);
 --                "given": they live on other nodes (a cluster), and their reads, made just
 --                before, are passed in (see below). Events of one key are applied in order
 --                either way, so a read a moment early is followed by the event that changed it.
--- read:  KEYS[5 + 3i - 2]  the i-th target's watched key (written by other programs)
---        KEYS[5 + 3i - 1]  payload bucket of its watch timer
---        KEYS[5 + 3i]      its companion data key ("" slot name if none)
+-- read:  KEYS[6 + 3i - 2]  the i-th target's watched key (written by other programs)
+--        KEYS[6 + 3i - 1]  payload bucket of its watch timer
+--        KEYS[6 + 3i]      its companion data key ("" slot name if none)
 --        ARGV[2 + 4i - 3 .. 2 + 4i]  the i-th target's operation, id, payload, seen (below)
--- given: KEYS[5 + i]       payload bucket of the i-th target's watch timer
+-- given: KEYS[6 + i]       payload bucket of the i-th target's watch timer
 --        ARGV[2 + 6i - 5 .. 2 + 6i - 2]  its operation, id, payload, seen (below)
 --        ARGV[2 + 6i - 1]  the watched key's PEXPIRETIME (its node's clock: the deadline
 --                          is the key's own, however late the read arrives here)
@@ -36,7 +37,7 @@
 --     (then) the watch timer id; the default payload (the handler's task and arguments);
 --     observe: the probe's server time, ms ("" otherwise)
 --
--- Stream entry fields: i, p, d as in fire.lua, and w = the companion data when it exists.
+-- Stream entry fields (in the ready stream of the job's route): i, p, d as in fire.lua, and w = the companion data when it exists.
 -- Returns {now_ms, fired, earliest watch deadline or -1}, or {-1} when ARGV[1] does not
 -- hold the lease (nothing was applied).
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
@@ -51,7 +52,7 @@ if given then key_stride, arg_stride = 1, 6 end
 -- The i-th target: its keys, and how to learn its watched key's deadline (ms, or -1 for none,
 -- -2 for no key) and its companion's value.
 local function target(i)
-  local k, a = 5 + key_stride * (i - 1), 2 + arg_stride * (i - 1)
+  local k, a = 6 + key_stride * (i - 1), 2 + arg_stride * (i - 1)
   local t = {op = ARGV[a + 1], id = ARGV[a + 2], payload = ARGV[a + 3], seen = ARGV[a + 4]}
   if given then
     local at, value = tonumber(ARGV[a + 5]), ARGV[a + 6]
@@ -98,10 +99,11 @@ local function fire(t)
   redis.call('ZREM', index, t.id)
   payload_del(t.data, t.id)
   local value = t.companion()
+  local stream = stream_of(ready, KEYS[6], payload)
   if value then
-    redis.call('XADD', ready, '*', 'i', t.id, 'p', payload, 'd', due, 'w', value)
+    redis.call('XADD', stream, '*', 'i', t.id, 'p', payload, 'd', due, 'w', value)
   else
-    redis.call('XADD', ready, '*', 'i', t.id, 'p', payload, 'd', due)
+    redis.call('XADD', stream, '*', 'i', t.id, 'p', payload, 'd', due)
   end
   fired = fired + 1
 end

@@ -3,7 +3,8 @@ I/O (``Engine`` sends them with the worker's asyncio runner)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from delayq._calls import Batch, Call, Flow, command, script, server_time, text
 from delayq._events import OFF, EventSettings
 from delayq._hooks import Delivery
 from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys
+from delayq._route import DEFAULT_QUEUE, LEVELS
 from delayq._watch import WatchTarget, is_watch_id
 from delayq.worker._ending import OutcomeCalls
 
@@ -56,7 +58,9 @@ class PeriodicState:
         return int(self.armed) if self.armed else None
 
 
-def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
+def _delivery(
+    entry_id: bytes, fields: dict[bytes, bytes], stream: str, levels: dict[str, int]
+) -> Delivery:
     return Delivery(
         entry_id=entry_id.decode(),
         timer_id=fields.get(b"i", b"").decode("utf-8", "replace"),
@@ -64,22 +68,33 @@ def _delivery(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
         due_ms=_due_ms(fields.get(b"d")),
         items=fields.get(b"a"),
         watched_data=fields.get(b"w"),
+        stream=stream,
+        priority=levels.get(stream, 0),
     )
 
 
-def _deliveries(entries: list[Any]) -> list[Delivery]:
-    return [_delivery(eid, fields) for eid, fields in entries if fields]
+def _deliveries(entries: list[Any], stream: str, levels: dict[str, int]) -> list[Delivery]:
+    return [_delivery(eid, fields, stream, levels) for eid, fields in entries if fields]
 
 
-def _read_reply(reply: Any) -> list[Delivery]:
-    """XREADGROUP's reply as the server sent it: nil, or the one stream's entries (RESP2: a
-    list of [name, entries]; RESP3: a map of name to entries), each [id, [field, value, ...]]
-    (the fields nil when the entry was deleted meanwhile)."""
+def _read_reply(levels: dict[str, int], reply: Any) -> list[Delivery]:
+    """XREADGROUP's reply as the server sent it: nil, or each stream's entries (RESP2: a list
+    of [name, entries]; RESP3: a map of name to entries), each [id, [field, value, ...]] (the
+    fields nil when the entry was deleted meanwhile); the highest priority first."""
     if not reply:
         return []
-    streams = list(reply.values()) if isinstance(reply, dict) else [s[1] for s in reply]
-    return [_delivery(eid, _pairs(fields)) for entries in streams for eid, fields in entries
-            if fields]  # fmt: skip
+    streams = list(reply.items()) if isinstance(reply, dict) else [(s[0], s[1]) for s in reply]
+    read = [_delivery(eid, _pairs(fields), name.decode(), levels) for name, entries in streams
+            for eid, fields in entries if fields]  # fmt: skip
+    if len(streams) > 1:
+        read.sort(key=lambda d: -d.priority)
+    return read
+
+
+def _taken(streams: list[str], levels: dict[str, int], reply: list[Any]) -> list[Delivery]:
+    """take.lua's reply: [stream index, entry id, fields] for each job."""
+    return [_delivery(reply[i + 1], _pairs(reply[i + 2]), streams[int(reply[i]) - 1], levels)
+            for i in range(0, len(reply), 3) if reply[i + 2]]  # fmt: skip
 
 
 def _pairs(fields: list[bytes] | dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -124,17 +139,28 @@ def _lost_group(exc: ResponseError) -> bool:
 class WorkerCalls(OutcomeCalls):
     """The calls of one worker (``consumer``) on one namespace; no I/O."""
 
-    def __init__(self, keys: Keys, consumer: str, events: EventSettings = OFF) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        consumer: str,
+        events: EventSettings = OFF,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+    ) -> None:
         self.keys = keys
         self.consumer = consumer
         self.events = events  # which jobs' steps are told on the events stream
+        self.queues = tuple(queues)
+        # The ready streams this worker takes jobs from, in the order it takes them.
+        self.streams = keys.streams(self.queues)
+        self.levels = {keys.stream(q, level): level for q in self.queues for level in range(LEVELS)}
 
     def server_time_ms(self) -> Call[int]:
         return server_time()
 
     def ensure_group(self) -> Call[Any]:
         # From the stream's start, so jobs fired before any worker existed are delivered.
-        return script("ensure_group", [self.keys.ready], [GROUP])
+        others = [q for q in self.queues if q != DEFAULT_QUEUE]
+        return script("ensure_group", [self.keys.queues, *self.streams], [GROUP, *others])
 
     # -- firing -------------------------------------------------------------------------------
 
@@ -144,7 +170,7 @@ class WorkerCalls(OutcomeCalls):
 
     def fire(self, ids: list[str]) -> Call[FireResult]:
         k = self.keys
-        keys = [k.index, k.ready, k.stats, k.first_touch]
+        keys = [k.index, k.ready, k.stats, k.first_touch, k.queues]
         for timer_id in ids:
             keys += (k.shadow(timer_id), k.data(timer_id), k.items(timer_id),
                      k.outcome(timer_id))  # fmt: skip
@@ -199,7 +225,7 @@ class WorkerCalls(OutcomeCalls):
 
     def _watch_keys(self) -> list[str]:
         k = self.keys
-        return [k.watch_lease, k.watch_index, k.ready, k.stats, k.paused]
+        return [k.watch_lease, k.watch_index, k.ready, k.stats, k.paused, k.queues]
 
     def probe_watch(self, channel: str, seq: int, targets: list[WatchTarget]) -> Call[int]:
         """watch_probe.lua: expire what is overdue, then publish a barrier with the ids to
@@ -296,10 +322,12 @@ class WorkerCalls(OutcomeCalls):
                            k.wake_channel, cancel_id or ""]  # fmt: skip
         return script("periodic", keys, args, decode=int)
 
-    def tick_in_flight(self, timer_id: str, since_ms: int, limit: int) -> Call[bool | None]:
-        """Whether this tick's job is in the ready stream (fired, not settled), looking at
+    def tick_in_flight(
+        self, stream: str, timer_id: str, since_ms: int, limit: int
+    ) -> Call[bool | None]:
+        """Whether this tick's job is in ``stream`` (fired, not settled), looking at
         entries from ``since_ms`` on; None when more than ``limit`` follow (undecided)."""
-        return script("tick_in_flight", [self.keys.ready], [max(0, since_ms), timer_id, limit],
+        return script("tick_in_flight", [stream], [max(0, since_ms), timer_id, limit],
                       decode=lambda found: None if int(found) < 0 else bool(found))  # fmt: skip
 
     def record_run(self, task: str, tick_ms: int, fired_ms: int) -> Call[Any]:
@@ -317,10 +345,20 @@ class WorkerCalls(OutcomeCalls):
     # -- consuming ----------------------------------------------------------------------------
 
     def read(self, count: int, block_ms: int) -> Flow[list[Delivery]]:
+        """Up to ``count`` new jobs, highest priority first (take.lua); when there are none,
+        the first to arrive in any of the streams, waiting up to ``block_ms``."""
+        streams = self.streams
+        taken: list[Delivery] = yield script(
+            "take", streams, [GROUP, self.consumer, count],
+            decode=functools.partial(_taken, streams, self.levels),
+        )  # fmt: skip
+        if taken:
+            return taken
         try:
             read: list[Delivery] = yield command(
                 "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "BLOCK", block_ms,
-                "STREAMS", self.keys.ready, ">", decode=_read_reply, raw=True,
+                "STREAMS", *streams, *[">"] * len(streams),
+                decode=functools.partial(_read_reply, self.levels), raw=True,
             )  # fmt: skip
         except ResponseError as exc:
             if not _lost_group(exc):
@@ -330,41 +368,52 @@ class WorkerCalls(OutcomeCalls):
         return read
 
     def reclaim(self, min_idle_ms: int, count: int) -> Flow[list[Delivery]]:
-        """Take over jobs whose worker stopped heart-beating (XAUTOCLAIM)."""
+        """Take over jobs whose worker stopped heart-beating (XAUTOCLAIM), highest level
+        first."""
         found: list[Delivery] = []
-        cursor = "0-0"
-        while len(found) < count:
-            try:
-                reply = yield command("XAUTOCLAIM", self.keys.ready, GROUP, self.consumer,
-                                      min_idle_ms, cursor, "COUNT", count - len(found))  # fmt: skip
-            except ResponseError as exc:
-                if not _lost_group(exc):
-                    raise
-                yield self.ensure_group()
-                break
-            cursor = text(reply[0])
-            found += _deliveries(reply[1])
-            if cursor == "0-0":
-                break
+        for stream in self.streams:
+            cursor = "0-0"
+            while len(found) < count:
+                try:
+                    reply = yield command("XAUTOCLAIM", stream, GROUP, self.consumer, min_idle_ms,
+                                          cursor, "COUNT", count - len(found))  # fmt: skip
+                except ResponseError as exc:
+                    if not _lost_group(exc):
+                        raise
+                    yield self.ensure_group()
+                    return found
+                cursor = text(reply[0])
+                found += _deliveries(reply[1], stream, self.levels)
+                if cursor == "0-0":
+                    break
         return found
 
-    def heartbeat(self, entry_ids: list[str]) -> Call[list[str]]:
-        """Reset the idle time of running jobs so nobody takes them over; returns those lost."""
-        return script("heartbeat", [self.keys.ready], [GROUP, self.consumer, *entry_ids],
-                      decode=lambda lost: [text(entry) for entry in lost])  # fmt: skip
+    def heartbeat(self, running: list[Delivery]) -> Flow[list[str]]:
+        """Reset the idle time of running jobs so nobody takes them over; returns the entry
+        ids of those lost."""
+        by_stream: dict[str, list[str]] = {}
+        for d in running:
+            by_stream.setdefault(d.stream, []).append(d.entry_id)
+        lost: list[list[str]] = yield Batch([
+            script("heartbeat", [stream], [GROUP, self.consumer, *entries],
+                   decode=lambda reply: [text(entry) for entry in reply])
+            for stream, entries in by_stream.items()
+        ])  # fmt: skip
+        return [entry for some in lost for entry in some]
 
-    def deliveries_of(self, entry_ids: list[str]) -> Batch[int]:
-        """How many times each entry has been delivered (XPENDING), 0 if no longer pending."""
+    def deliveries_of(self, entries: list[tuple[str, str]]) -> Batch[int]:
+        """How many times each (stream, entry id) has been delivered (XPENDING), 0 if no
+        longer pending."""
         return Batch([
-            command("XPENDING", self.keys.ready, GROUP, entry, entry, 1, parse_detail=True,
+            command("XPENDING", stream, GROUP, entry, entry, 1, parse_detail=True,
                     decode=lambda r: int(r[0]["times_delivered"]) if r else 0)
-            for entry in entry_ids
+            for stream, entry in entries
         ])  # fmt: skip
 
     def handback(self, d: Delivery) -> Call[bool]:
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw, d.due_ms, d.items or b"",
                            self.consumer]  # fmt: skip
-        return script("handback", [self.keys.ready], args, decode=bool)
+        return script("handback", [d.stream], args, decode=bool)
 
     # -- sweeping -----------------------------------------------------------------------------
 
@@ -399,19 +448,23 @@ class WorkerCalls(OutcomeCalls):
         ])  # fmt: skip
         return sum(repaired)
 
-    def stale_consumers(self, idle_ms: int) -> Flow[list[str]]:
-        try:
-            infos = yield command("XINFO CONSUMERS", self.keys.ready, GROUP)
-        except ResponseError as exc:
-            if not _lost_group(exc):
-                raise
-            yield self.ensure_group()
-            return []
-        return [
-            text(c["name"])
-            for c in infos
-            if c["pending"] == 0 and c["idle"] > idle_ms and text(c["name"]) != self.consumer
-        ]
+    def stale_consumers(self, idle_ms: int) -> Flow[list[tuple[str, str]]]:
+        """(stream, consumer) of other consumers with nothing pending there, idle that long."""
+        stale: list[tuple[str, str]] = []
+        for stream in self.streams:
+            try:
+                infos = yield command("XINFO CONSUMERS", stream, GROUP)
+            except ResponseError as exc:
+                if not _lost_group(exc):
+                    raise
+                yield self.ensure_group()
+                return stale
+            stale += [
+                (stream, text(c["name"]))
+                for c in infos
+                if c["pending"] == 0 and c["idle"] > idle_ms and text(c["name"]) != self.consumer
+            ]
+        return stale
 
-    def drop_consumer(self, name: str) -> Call[Any]:
-        return command("XGROUP DELCONSUMER", self.keys.ready, GROUP, name)
+    def drop_consumer(self, stream: str, name: str) -> Call[Any]:
+        return command("XGROUP DELCONSUMER", stream, GROUP, name)

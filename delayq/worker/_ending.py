@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from delayq._calls import Call, mapped, script, text
+from delayq._calls import Batch, Call, mapped, script, text
 from delayq._events import EventSettings
 from delayq._hooks import Delivery
 from delayq._keys import GROUP, Keys, origin_id
@@ -45,10 +45,20 @@ class OutcomeCalls:
     consumer: str
     events: EventSettings
 
-    def ack(self, done: list[Done]) -> Call[int]:
+    def ack(self, done: list[Done]) -> Batch[int]:
         """Settle deliveries; those that ran a job record its success (``Done.ran``)."""
+        return Batch(self.ack_calls(done))
+
+    def ack_calls(self, done: list[Done]) -> list[Call[int]]:
+        """``ack``'s calls: one for each ready stream the deliveries came from."""
+        by_stream: dict[str, list[Done]] = {}
+        for x in done:
+            by_stream.setdefault(x.delivery.stream, []).append(x)
+        return [self._ack(stream, some) for stream, some in by_stream.items()]
+
+    def _ack(self, stream: str, done: list[Done]) -> Call[int]:
         k = self.keys
-        keys: list[Any] = [k.ready, k.index]
+        keys: list[Any] = [stream, k.index]
         args: list[Any] = [GROUP, k.outcomes, self.consumer, k.wake_channel]
         for x in done:
             ran, then = x.ran, x.then
@@ -104,7 +114,7 @@ class OutcomeCalls:
         k = self.keys
         tid = timer_id or d.timer_id
         fallback = k.retry_id(tid, d.entry_id)
-        keys = [k.shadow(tid), k.data(tid), k.index, k.ready, k.stats,
+        keys = [k.shadow(tid), k.data(tid), k.index, d.stream, k.stats,
                 k.shadow(fallback), k.data(fallback), k.items(tid), k.items(fallback),
                 k.outcome(d.timer_id), k.events, k.woken(tid)]  # fmt: skip
         args: list[Any] = [GROUP, d.entry_id, tid, payload, max(1, round(delay_s * 1000)),
@@ -122,7 +132,7 @@ class OutcomeCalls:
         """Move a delivery to the dead letters (with ``payload`` instead of its own, if given);
         its job's outcome record says failed, with ``failure``."""
         k = self.keys
-        keys = [k.ready, k.dead, k.stats, k.outcome(d.timer_id), k.events, k.index]
+        keys = [d.stream, k.dead, k.stats, k.outcome(d.timer_id), k.events, k.index]
         if then is not None:
             keys += (k.shadow(then.timer_id), k.data(then.timer_id))
         args: list[Any] = [GROUP, d.entry_id, d.timer_id, d.raw if payload is None else payload,

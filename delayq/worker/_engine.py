@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from delayq._events import OFF, EventSettings
 from delayq._hooks import Delivery
 from delayq._keys import Keys
+from delayq._route import DEFAULT_QUEUE
 from delayq._runners import AsyncRunner
 from delayq.worker._calls import (
     Due,
@@ -25,9 +27,14 @@ class Engine(WorkerCalls):
     """A worker's calls, and ``run`` to send one: ``await engine.run(engine.fire(ids))``."""
 
     def __init__(
-        self, io: AsyncRunner, keys: Keys, consumer: str, events: EventSettings = OFF
+        self,
+        io: AsyncRunner,
+        keys: Keys,
+        consumer: str,
+        events: EventSettings = OFF,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
     ) -> None:
-        super().__init__(keys, consumer, events)
+        super().__init__(keys, consumer, events, queues)
         self.io = io
         self.run = io.run
 

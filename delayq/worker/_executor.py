@@ -25,7 +25,7 @@ from delayq._hooks import Delivery, RunGates
 from delayq._outcomes import DEFAULT_RESULT_TTL, Failure, Ran, keep_ms
 from delayq._task import Task
 from delayq.worker._admission import Admission
-from delayq.worker._callbacks import Then, on_failure, on_success
+from delayq.worker._callbacks import Then, on_failure, on_success, routes
 from delayq.worker._calling import call_handler, job_context
 from delayq.worker._capacity import Capacity, Counters, Running
 from delayq.worker._engine import DeadLetterBound, Done, Engine
@@ -71,6 +71,7 @@ class Executor:
         self.engine = engine
         self.settings = settings
         self.find_task = find_task
+        self._route_of = routes(find_task)  # a callback task's queue and level
         self.max_payload_bytes = max_payload_bytes
         self.dead_letters = dead_letters
         self.stopping = stopping
@@ -134,8 +135,14 @@ class Executor:
                 self.screenings.add(job)
                 job.add_done_callback(self.screenings.discard)
                 continue
-            self.buffered.extend(deliveries)
+            self._buffer(deliveries)
             self._start_buffered()
+
+    def _buffer(self, deliveries: list[Delivery]) -> None:
+        """Read-ahead waits highest priority first (stable: FIFO within a level)."""
+        self.buffered.extend(deliveries)
+        if deliveries and any(d.priority != self.buffered[0].priority for d in self.buffered):
+            self.buffered = collections.deque(sorted(self.buffered, key=lambda d: -d.priority))
 
     def _keep(self, d: Delivery, delay_ms: int) -> None:
         """A screened job whose rate token comes in ``delay_ms``: it starts then (first)."""
@@ -155,7 +162,7 @@ class Executor:
             passed = deliveries
         finally:
             self.screening -= len(deliveries)
-        self.buffered.extend(passed)
+        self._buffer(passed)
         self._start_buffered()
         self.capacity.freed.set()  # the consumer may read again
 
@@ -181,7 +188,9 @@ class Executor:
             return
         self.counters.reclaimed += len(deliveries)
         log.warning("took over %d job(s) from workers that stopped", len(deliveries))
-        counts = await self.engine.run(self.engine.deliveries_of([d.entry_id for d in deliveries]))
+        counts = await self.engine.run(
+            self.engine.deliveries_of([(d.stream, d.entry_id) for d in deliveries])
+        )
         limit = self.settings.max_deliveries
         for d, count in zip(deliveries, counts, strict=True):
             if count > limit:
@@ -307,7 +316,8 @@ class Executor:
         if forget is not None:
             await self.engine.run(self.engine.forget(*forget))
         self.counters.executed += 1
-        then = on_success(d, payload, value, started.attempts, self.max_payload_bytes)
+        then = on_success(d, payload, value, started.attempts, self.max_payload_bytes,
+                          self._route_of)  # fmt: skip
         self._queue_ack(d, self._succeeded(d, task, started, value), then)
 
     def _keep_ms(self, task: Task[Any, Any] | None) -> int:
@@ -396,7 +406,7 @@ class Executor:
                 decoded = decode_payload(d.raw, max_bytes=self.max_payload_bytes)
         then = on_failure(d, decoded, attempts=failure.attempts,
                           error_type=failure.type_name, error=failure.message, traceback=tb,
-                          max_bytes=self.max_payload_bytes)  # fmt: skip
+                          max_bytes=self.max_payload_bytes, route_of=self._route_of)  # fmt: skip
         bury = self.engine.bury(d, task=task, reason=reason, traceback=tb,
                                 bound=self.dead_letters, failure=failure, payload=payload,
                                 then=then)  # fmt: skip
@@ -423,7 +433,7 @@ class Executor:
             batch, self.to_ack = self.to_ack[:ACK_CHUNK], self.to_ack[ACK_CHUNK:]
             calls: list[Call[Any]] = [self.engine.started(part)] if part else []
             calls += [self.engine.progress(some)] if some else []
-            calls += [self.engine.ack(batch)] if batch else []
+            calls += self.engine.ack_calls(batch)
             try:
                 await self.engine.run(Batch(calls))
             except Exception:
@@ -455,9 +465,8 @@ class Executor:
 
     async def heartbeat(self) -> None:
         # Jobs done but not yet acknowledged (the server was away) stay ours too.
-        entries = [e for e in self.running if e not in self.settled]
-        entries += [d.entry_id for d in (*self._to_ack(), *self.buffered)]
-        entries += list(self.kept)
+        entries = [r.delivery for e, r in self.running.items() if e not in self.settled]
+        entries += [*self._to_ack(), *self.buffered, *(d for d, _ in self.kept.values())]
         if not entries:  # nothing to keep: no round trip (a worker has one executor a shard)
             return
         lost = await self.engine.run(self.engine.heartbeat(entries))

@@ -110,6 +110,10 @@ class PeriodicRunner:
                 return
         log.warning("could not register periodic task %s: its state kept changing", task.name)
 
+    def _stream(self, task: Periodic[Any, Any]) -> str:
+        """The ready stream its ticks' jobs wait in."""
+        return self.engine.keys.stream(task.options.route.queue, task.options.route.priority)
+
     async def _alive(self, task: Periodic[Any, Any], seen: PeriodicState) -> bool:
         """Whether the armed tick is pending, or fired with its run not settled yet."""
         assert seen.armed_ms is not None
@@ -119,7 +123,9 @@ class PeriodicRunner:
         # It cannot have fired before it was armed nor before it was due.
         since = max(int(seen.armed_at or 0), task.due_ms(seen.armed_ms)) - CLOCK_STEP_MARGIN_MS
         return (
-            await self.engine.run(self.engine.tick_in_flight(tick_id, since, IN_FLIGHT_SCAN))
+            await self.engine.run(
+                self.engine.tick_in_flight(self._stream(task), tick_id, since, IN_FLIGHT_SCAN)
+            )
             is not False
         )
 
@@ -155,7 +161,7 @@ class PeriodicRunner:
         if task.periodic.overlap == "allow":
             return "run"
         lock = self.engine.keys.periodic_lock(task.name)
-        if await self._lock(lock, d.entry_id):
+        if await self._lock(lock, d.entry_id, d.stream):
             self.held_locks[lock] = d.entry_id
             return "run"
         if task.periodic.overlap == "skip":
@@ -166,7 +172,7 @@ class PeriodicRunner:
         await self._advance_deferred(task, d)
         return "requeued"
 
-    async def _lock(self, lock: str, token: str) -> bool:
+    async def _lock(self, lock: str, token: str, stream: str) -> bool:
         """Take the task's overlap lock for the delivery ``token``, or keep it if it is already
         its own (its worker died mid-run), or take it from a run that is over: a lock whose
         holder's delivery is no longer pending was left behind by a release that failed (the
@@ -178,7 +184,7 @@ class PeriodicRunner:
             return True
         holder = await self.engine.run(self.engine.lock_holder(lock))
         if holder is not None and await self.engine.run(
-            self.engine.deliveries_of([holder.decode()])
+            self.engine.deliveries_of([(stream, holder.decode())])
         ) != [0]:
             return False  # the previous run is still going
         if holder is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from delayq._errors import ConfigurationError
+from delayq._route import check_queue
 
 
 def _positive(name: str, value: float) -> None:
@@ -57,6 +58,10 @@ class WorkerSettings:
     configure_server: bool = _setting(
         True, "enable keyspace notifications with CONFIG SET when they are off"
     )
+    queues: tuple[str, ...] | None = _setting(
+        None, "queues to run, comma-separated (default: every queue the app's tasks name, and "
+        "'default')"
+    )  # fmt: skip
     watch_lease: float = _setting(
         10.0, "seconds the watch leader (the one worker applying watched keys' events, "
         "on_expire) holds its lease between renewals; a stopped leader is replaced after this"
@@ -76,6 +81,12 @@ class WorkerSettings:
         _positive("sweep_interval", self.sweep_interval)
         _positive("orphan_scan_interval", self.orphan_scan_interval)
         _positive("watch_lease", self.watch_lease)
+        if self.queues is not None:
+            if isinstance(self.queues, str) or not self.queues:
+                raise ConfigurationError(f"queues must be a non-empty tuple of names, got "
+                                         f"{self.queues!r:.80}")  # fmt: skip
+            for name in self.queues:
+                check_queue(name)
         if not isinstance(self.shutdown_timeout, int | float) or not (
             math.isfinite(self.shutdown_timeout) and self.shutdown_timeout >= 0
         ):

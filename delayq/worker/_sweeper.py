@@ -89,5 +89,5 @@ class Sweeper:
             self.counters.repaired_data += repaired
             log.warning("sweep re-indexed %d timer(s) missing from the due index", repaired)
             self.firing.wake.set()
-        for name in await self.engine.run(self.engine.stale_consumers(CONSUMER_IDLE_MS)):
-            await self.engine.run(self.engine.drop_consumer(name))
+        for stream, name in await self.engine.run(self.engine.stale_consumers(CONSUMER_IDLE_MS)):
+            await self.engine.run(self.engine.drop_consumer(stream, name))

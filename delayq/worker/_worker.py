@@ -22,6 +22,7 @@ from delayq._app import Delayq
 from delayq._cluster import async_runner
 from delayq._connection import redact_url
 from delayq._defaults import SHARED_TASKS, find_task
+from delayq._route import DEFAULT_QUEUE
 from delayq._runners import AsyncRunner
 from delayq._task import Task
 from delayq.worker._capacity import Capacity, Counters
@@ -92,6 +93,15 @@ class Worker:
     def find_task(self, name: str) -> Task[Any, Any] | None:
         return find_task(self.app, name)
 
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues this worker takes jobs from: its settings', or else every queue its
+        app's tasks name, and the default queue."""
+        if self.settings.queues is not None:
+            return self.settings.queues
+        named = (t.options.route.queue for t in (*self.app.tasks, *SHARED_TASKS))
+        return tuple(dict.fromkeys((DEFAULT_QUEUE, *named)))
+
     # -- main ---------------------------------------------------------------------------------
 
     async def arun(self, *, install_signal_handlers: bool = False) -> None:
@@ -140,7 +150,9 @@ class Worker:
         ctx = Context(app, settings, io, listen, layout, flags,
                       Capacity(settings.concurrency, readers=layout.count), stopping,
                       self.find_task, limiter)  # fmt: skip
-        engines = [Engine(io, keys, self.name, app.event_settings) for keys in layout.shards]
+        queues = self.queues
+        engines = [Engine(io, keys, self.name, app.event_settings, queues)
+                   for keys in layout.shards]  # fmt: skip
         watching = self._watching = Watching(
             app, engines[0], listen, db=io.db, batch=settings.fire_batch,
             lease_s=settings.watch_lease, stopping=stopping,
@@ -155,8 +167,9 @@ class Worker:
         for shard in shards:
             await wait_any([shard.listener.subscribed, stopping], 10)
         log.info(
-            "worker %s ready: %s namespace=%s shards=%d concurrency=%d tasks=%s",
+            "worker %s ready: %s namespace=%s shards=%d concurrency=%d queues=%s tasks=%s",
             self.name, redact_url(app.url), app.namespace, layout.count, settings.concurrency,
+            ",".join(queues),
             ", ".join(app.tasks.names()) or "(shared only)",
         )  # fmt: skip
         # Objects alive now (imports, the app) live as long as the worker: keep them out of the
