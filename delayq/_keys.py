@@ -173,10 +173,10 @@ class Keys:
             return self.ready
         return f"{self.ready}:{queue}:{priority}"
 
-    def streams(self, queues: Sequence[str]) -> list[str]:
-        """The ready streams of these queues, in the order a worker takes them: highest
-        level first, the queues in the given order within a level."""
-        return [self.stream(q, level) for level in reversed(range(LEVELS)) for q in queues]
+    def streams(self, queues: Sequence[str]) -> dict[str, int]:
+        """The ready streams of these queues with their levels, in the order a worker takes
+        them: highest level first, the queues in the given order within a level."""
+        return {self.stream(q, level): level for level in reversed(range(LEVELS)) for q in queues}
 
     def read_data(self, timer_id: str) -> tuple[str, ...]:
         """The command that reads a timer's payload (None when it has none)."""

@@ -14,7 +14,7 @@ from delayq._calls import Batch, Call, Flow, command, script, server_time, text
 from delayq._events import OFF, EventSettings
 from delayq._hooks import Delivery
 from delayq._keys import GROUP, WATCH_ID_PREFIX, Keys
-from delayq._route import DEFAULT_QUEUE, LEVELS
+from delayq._route import DEFAULT_QUEUE
 from delayq._watch import WatchTarget, is_watch_id
 from delayq.worker._ending import OutcomeCalls
 
@@ -150,9 +150,10 @@ class WorkerCalls(OutcomeCalls):
         self.consumer = consumer
         self.events = events  # which jobs' steps are told on the events stream
         self.queues = tuple(queues)
-        # The ready streams this worker takes jobs from, in the order it takes them.
-        self.streams = keys.streams(self.queues)
-        self.levels = {keys.stream(q, level): level for q in self.queues for level in range(LEVELS)}
+        # The ready streams this worker takes jobs from, in the order it takes them, with
+        # their priority levels.
+        self.levels = keys.streams(self.queues)
+        self.streams = list(self.levels)
 
     def server_time_ms(self) -> Call[int]:
         return server_time()
@@ -450,21 +451,19 @@ class WorkerCalls(OutcomeCalls):
 
     def stale_consumers(self, idle_ms: int) -> Flow[list[tuple[str, str]]]:
         """(stream, consumer) of other consumers with nothing pending there, idle that long."""
-        stale: list[tuple[str, str]] = []
-        for stream in self.streams:
-            try:
-                infos = yield command("XINFO CONSUMERS", stream, GROUP)
-            except ResponseError as exc:
-                if not _lost_group(exc):
-                    raise
-                yield self.ensure_group()
-                return stale
-            stale += [
-                (stream, text(c["name"]))
-                for c in infos
-                if c["pending"] == 0 and c["idle"] > idle_ms and text(c["name"]) != self.consumer
-            ]
-        return stale
+        try:  # every stream's consumers in one round trip
+            found = yield Batch([command("XINFO CONSUMERS", s, GROUP) for s in self.streams])
+        except ResponseError as exc:
+            if not _lost_group(exc):
+                raise
+            yield self.ensure_group()
+            return []
+        return [
+            (stream, text(c["name"]))
+            for stream, infos in zip(self.streams, found, strict=True)
+            for c in infos
+            if c["pending"] == 0 and c["idle"] > idle_ms and text(c["name"]) != self.consumer
+        ]
 
     def drop_consumer(self, stream: str, name: str) -> Call[Any]:
         return command("XGROUP DELCONSUMER", stream, GROUP, name)
